@@ -232,10 +232,12 @@ def convert_roberta_state_dict(state_dict: dict[str, torch.Tensor]) -> Conversio
 
 
 # The coarse image-text model (microsoft/FIBER coarse_grained FIBERTransformerSS) ->
-# FiberPretrainModel: the trunk under `trunk.`, the heads keep their names (coarse spec a.7).
+# FiberPretrainModel and the downstream task models: the trunk under `trunk.`, the heads keep
+# their names (coarse spec a.7, c.1, c.2, c.4).
 COARSE_HEAD_RULES = [
     RenameRule(r"(cross_modal_(text|image)_(transform|pooler)(_itc)?\.)", r"\1"),
     RenameRule(r"(itm_score\.fc\.|mlm_score\.)", r"\1"),
+    RenameRule(r"((vqa|nlvr2)_classifier\.|cross_modal_att_layers\.)", r"\1"),
     RenameRule(r"temp$", "temp"),
 ]
 COARSE_DROPS = TRUNK_BUFFER_DROPS + [

@@ -19,21 +19,18 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.structures import ImageList
 from detectron2.utils import comm
 from torch import nn
 
 from fiber_det.modeling.backbone.fiber import FiberTrunk, ImagePrefix
-from fiber_det.modeling.backbone.fusion import extended_attention_bias
+from fiber_det.modeling.image_text_model import FiberImageTextModel, image_text_config
 from fiber_det.modeling.pretrain_heads import (
     FeatureQueue,
     ITMHead,
     MLMHead,
-    Pooler,
     contrastive_logits,
     contrastive_loss,
     gather_keep_local_grad,
-    init_head_weights,
     same_image_mask,
     sample_hard_negatives,
 )
@@ -59,7 +56,7 @@ def pad_texts(texts: list[dict], pad_id: int, keys=("input_ids", "attention_mask
 
 
 @META_ARCH_REGISTRY.register()
-class FiberPretrainModel(nn.Module):
+class FiberPretrainModel(FiberImageTextModel):
     """The coarse image-text model. Head names follow the released checkpoint (see module doc)."""
 
     @configurable
@@ -79,44 +76,24 @@ class FiberPretrainModel(nn.Module):
         queue_size: int = 0,
         mlm_head_eps: float = 1e-12,
     ) -> None:
-        super().__init__()
-        self.trunk = trunk
-        text_width, image_width = trunk.text_hidden_size, trunk.image_channels["res5"]
-        self.cross_modal_text_transform = nn.Linear(text_width, hidden_size)
-        self.cross_modal_image_transform = nn.Linear(image_width, hidden_size)
-        self.cross_modal_text_transform_itc = nn.Linear(text_width, hidden_size)
-        self.cross_modal_image_transform_itc = nn.Linear(image_width, hidden_size)
-        self.cross_modal_text_pooler = Pooler(hidden_size)
-        self.cross_modal_image_pooler = Pooler(hidden_size)
-        self.cross_modal_text_pooler_itc = Pooler(hidden_size)
-        self.cross_modal_image_pooler_itc = Pooler(hidden_size)
+        super().__init__(
+            trunk=trunk, hidden_size=hidden_size, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
         self.itm_score = ITMHead(2 * hidden_size)
         self.mlm_score = MLMHead(hidden_size, vocab_size, mlm_head_eps)
-        for name, module in self.named_children():
-            if name != "trunk":
-                module.apply(init_head_weights)
+        self.init_heads()
         self.temp = nn.Parameter(torch.tensor(float(temperature)))
         self.temperature_range = tuple(temperature_range)
         self.loss_weights = {"itc": itc_weight, "itm": itm_weight, "mlm": mlm_weight}
         self.queue = FeatureQueue(queue_size, hidden_size) if queue_size > 0 else None
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @classmethod
     def from_config(cls, cfg) -> dict:
-        pretrain, swin = cfg.MODEL.PRETRAIN, cfg.MODEL.FIBER.SWIN
-        if swin.WINDOW_POLICY == "clamp" and swin.WINDOW_SIZE * 32 != pretrain.IMAGE_SIZE:
-            raise ValueError(
-                f"MODEL.FIBER.SWIN.WINDOW_SIZE {swin.WINDOW_SIZE} must be "
-                f"MODEL.PRETRAIN.IMAGE_SIZE / 32 = {pretrain.IMAGE_SIZE / 32} (coarse spec a.1)"
-            )
-        trunk = FiberTrunk(cfg)
+        pretrain = cfg.MODEL.PRETRAIN
+        base = image_text_config(cfg)
         return {
-            "trunk": trunk,
-            "hidden_size": pretrain.HIDDEN_SIZE,
-            "vocab_size": trunk.text_backbone.config.vocab_size,
-            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
-            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
+            **base,
+            "vocab_size": base["trunk"].text_backbone.config.vocab_size,
             "itc_weight": pretrain.ITC_WEIGHT,
             "itm_weight": pretrain.ITM_WEIGHT,
             "mlm_weight": pretrain.MLM_WEIGHT,
@@ -126,59 +103,9 @@ class FiberPretrainModel(nn.Module):
             "mlm_head_eps": pretrain.MLM_HEAD_EPS,
         }
 
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    # ----- towers and pooled features (inputs: pixel-normalised images, padded text) -----
-
-    def normalize_images(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """uint8 (3, H, W) images in the configured format -> (B, 3, H', W') normalised."""
-        images = [(im.to(self.device).float() - self.pixel_mean) / self.pixel_std for im in images]
-        return ImageList.from_tensors(images, self.trunk.size_divisibility).tensor
-
-    def encode_image_itc(self, images: torch.Tensor) -> torch.Tensor:
-        """Unimodal ITC embedding (B, H) of normalised images (B, 3, H, W)."""
-        tokens = self.trunk(images, fuse=False).image["res5"].flatten(2).transpose(1, 2)
-        pooled = self.cross_modal_image_transform_itc(tokens).mean(dim=1)
-        return F.normalize(self.cross_modal_image_pooler_itc(pooled), dim=-1)
-
-    def encode_text_tokens(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Text tower alone, every layer with its output LayerNorm: (B, L) -> (B, L, D)."""
-        text = self.trunk.text_backbone
-        hidden = text.embed(input_ids)
-        bias = extended_attention_bias(mask, hidden.dtype)
-        for index in range(len(text.layers)):
-            hidden = text.run_layer(index, hidden, bias)
-        return hidden
-
-    def encode_text_itc(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Unimodal ITC embedding (B, H) of captions (B, L): first token -> transform -> pooler."""
-        first = self.encode_text_tokens(input_ids, mask)[:, 0]
-        pooled = self.cross_modal_text_pooler_itc(self.cross_modal_text_transform_itc(first))
-        return F.normalize(pooled, dim=-1)
-
-    def fused_features(
-        self, prefix: ImagePrefix, input_ids: torch.Tensor, mask: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Fused pass of k * B texts on B image prefixes: text_feats (N, L, H), image_feats
-        (N, T, H) and cls_feats (N, 2H) = [text pooled, image pooled] (spec a.6)."""
-        out = self.trunk.forward_fused(prefix, input_ids, mask)
-        text_feats = self.cross_modal_text_transform(out.text.hidden)
-        image_feats = self.cross_modal_image_transform(out.image_tokens)
-        cls_feats = torch.cat(
-            [
-                self.cross_modal_text_pooler(text_feats[:, 0]),
-                self.cross_modal_image_pooler(image_feats.mean(dim=1)),
-            ],
-            dim=-1,
-        )
-        return {"text_feats": text_feats, "image_feats": image_feats, "cls_feats": cls_feats}
-
     def itm_logits(self, images: torch.Tensor, input_ids, mask) -> torch.Tensor:
         """ITM logits (N, 2) of N (normalised image, caption) pairs."""
-        prefix = self.trunk.encode_image_prefix(images)
-        return self.itm_score(self.fused_features(prefix, input_ids, mask)["cls_feats"])
+        return self.itm_score(self.fused_cls_feats(images, input_ids, mask))
 
     def mlm_logits(self, images: torch.Tensor, input_ids, mask) -> torch.Tensor:
         """MLM logits (B, L, V) of (masked) captions fused with their images."""
