@@ -16,6 +16,7 @@ from fiber_det.checkpoint import (
     convert_coarse,
     convert_coarse_for_detector,
     convert_fine_grained_detector,
+    interpolate_relative_position_bias,
     is_coarse_checkpoint,
     strip_prefix,
 )
@@ -181,17 +182,48 @@ def save_converted_checkpoint(state_dict: dict[str, torch.Tensor], path: str, **
     atomic_torch_save({"model": state_dict, "matching_heuristics": False, **extra}, path)
 
 
+def resample_position_tables(
+    state_dict: dict, model_state: dict[str, torch.Tensor]
+) -> dict[str, tuple[int, int]]:
+    """Resample, in place, every Swin `relative_position_bias_table` of `state_dict` whose row
+    count differs from the model's (another image size, hence window: a 384 pre-training
+    checkpoint in a 576 VQA model), as the original loader does (coarse_grained_spec.md a.1).
+    The model keeps its own position index and shift masks. Returns {key: (rows, new rows)}."""
+    resized = {}
+    for key, table in state_dict.items():
+        target = model_state.get(key) if key.endswith("relative_position_bias_table") else None
+        if target is None or not isinstance(table, torch.Tensor) or table.shape == target.shape:
+            continue
+        if table.dim() != 2 or table.shape[1] != target.shape[1]:
+            continue  # another head count: left for the loader to report as a shape mismatch
+        window = (round(target.shape[0] ** 0.5) + 1) // 2
+        state_dict[key] = interpolate_relative_position_bias(table, window)
+        resized[key] = (table.shape[0], target.shape[0])
+    return resized
+
+
 class FiberCheckpointer(DetectionCheckpointer):
     """detectron2's DetectionCheckpointer that also reads coarse-stage checkpoints.
 
     An official coarse checkpoint is renamed onto FiberPretrainModel (a model with
     `cross_modal_*` heads) or onto the detector (`convert_coarse_for_detector`); a fiber_det
     coarse checkpoint is renamed onto the detector. Dropped keys are logged with their reason;
-    detectron2 then reports every remaining key the model does not use.
+    detectron2 then reports every remaining key the model does not use. Swin position tables
+    of another window size are resampled (`resample_position_tables`).
     """
 
     def _load_file(self, filename: str) -> dict:
-        loaded = super()._load_file(filename)
+        loaded = self._convert_coarse(filename, super()._load_file(filename))
+        resized = resample_position_tables(loaded["model"], self.model.state_dict())
+        for key, (before, after) in resized.items():
+            self.logger.info(
+                f"{filename}: '{key}' resampled from {before} to {after} rows (bicubic; the "
+                "Swin window of the model differs from the checkpoint's)"
+            )
+        return loaded
+
+    def _convert_coarse(self, filename: str, loaded: dict) -> dict:
+        """Rename a coarse checkpoint onto the model (see the class docstring)."""
         state_dict = loaded["model"]
         if not is_coarse_checkpoint(state_dict):
             return loaded

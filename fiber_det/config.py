@@ -121,8 +121,33 @@ def _add_coarse_config(cfg: CN) -> None:
     # Square input size (bicubic resize, no crop) and caption token limit incl. <s> and </s>.
     cfg.MODEL.PRETRAIN.IMAGE_SIZE = 384
     cfg.MODEL.PRETRAIN.MAX_TEXT_LEN = 40
-    # Retrieval evaluation: ITM re-ranks the ITC top-k candidates of every query (0 = ITC only).
+    # Training images through albef_randaug (crop, flip, RandAugment; every fine-tune, spec d.2)
+    # instead of the plain bicubic resize.
+    cfg.MODEL.PRETRAIN.AUGMENT = False
+    # VQA answer vocabulary size: the vqa_classifier's outputs (VQAv2: 3129 answers).
+    cfg.MODEL.PRETRAIN.NUM_ANSWERS = 3129
+    # Retrieval evaluation: ITM re-ranks the ITC top-k candidates of every query (0 = ITC only,
+    # -1 = ITM on every image-text pair, the original's exhaustive protocol, spec c.3).
     cfg.MODEL.PRETRAIN.ITM_RERANK_TOP_K = 16
+    # ITM negatives: "hard" (pre-training: one image and one caption per pair sampled from the
+    # ITC similarities, 3B pairs) or "random" (task_finetune_irtr_itm_*: B pairs, B // 2 of them
+    # with the image swapped for a random other image of the global batch, spec b.2 / c.3).
+    cfg.MODEL.PRETRAIN.ITM_NEGATIVES = "hard"
+    # Captioning (FiberCaptionModel, spec c.4).
+    cfg.MODEL.PRETRAIN.CAPTION = CN()
+    # Beams at inference (1 = greedy), length-normalised; max tokens incl. <s> (original: 50).
+    cfg.MODEL.PRETRAIN.CAPTION.BEAM_SIZE = 5
+    cfg.MODEL.PRETRAIN.CAPTION.MAX_LENGTH = 50
+    # <mask> id, never generated (roberta-base: 50264; tokenizers trained by fiber_det: 4).
+    cfg.MODEL.PRETRAIN.CAPTION.MASK_TOKEN_ID = 50264
+    # "mle", or CIDEr optimisation: "cider_reinforce" (the original's constant baseline 1.0) or
+    # "cider_scst" (greedy-caption baseline); NUM_SAMPLES sampled captions per image, total loss
+    # MLE_WEIGHT * MLE + (1 - MLE_WEIGHT) * RL (original: 5 samples, 0.3).
+    cfg.MODEL.PRETRAIN.CAPTION.OBJECTIVE = "mle"
+    cfg.MODEL.PRETRAIN.CAPTION.NUM_SAMPLES = 5
+    cfg.MODEL.PRETRAIN.CAPTION.MLE_WEIGHT = 0.3
+    # Test-set examples (images, questions, image pairs) per process and batch in evaluation.
+    cfg.MODEL.PRETRAIN.EVAL_BATCH_SIZE = 16
 
 
 def _add_solver_config(cfg: CN) -> None:

@@ -15,6 +15,7 @@ from detectron2.engine import (
     default_setup,
 )
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from fiber_det import solver
 from fiber_det.checkpoint_io import FiberCheckpointer
@@ -31,6 +32,7 @@ def setup_cfg(args) -> CfgNode:
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fiber_det")
     return cfg
 
 

@@ -31,10 +31,19 @@ Output tree (SPLIT in train, val, test, heldout; ID = image id, unique over all 
         captions_SPLIT.jsonl          {"image": "images/SPLIT/ID.jpg", "caption", "image_id"}
       flickr30k_entities/             Flickr30k Entities ground truth for the Recall@k evaluator
         SPLIT.txt, Sentences/ID.txt, Annotations/ID.xml
+      vqav2/                          VQAv2 (train / val / test): simple questions about the
+        v2_OpenEnded_synthetic_SPLIT_questions.json   images ("what colour is the square?",
+        v2_synthetic_SPLIT_annotations.json           "how many circles are there?", "is
+                                      there a red star?", "what shape is the blue object?"),
+                                      10 annotators' answers each, some of them wrong
+      nlvr2/                          NLVR2 (train / val / test): true / false statements about
+        data/SPLIT.json               image pairs (images 2i and 2i + 1 of the split), JSON lines
+        images/SPLIT/SPLIT-I-0-img0.png, -img1.png
 
 Importing fiber_det registers OUT = $DETECTRON2_DATASETS/synthetic (default
 ./datasets/synthetic) as synthetic_SPLIT (detection), synthetic_grounding_SPLIT,
-synthetic_refcoco_SPLIT and synthetic_captions_{train,val,test}; another OUT can be registered
+synthetic_refcoco_SPLIT, synthetic_captions_{train,val,test} (retrieval) and, for the downstream
+tasks, synthetic_{captioning,vqa,nlvr2}_{train,val,test}; another OUT can be registered
 with fiber_det.data.synthetic.register_synthetic_world(OUT, prefix).
 
 Usage:
@@ -46,6 +55,7 @@ import os
 import sys
 
 from fiber_det.data.synthetic import SPLITS, SyntheticConfig, generate_synthetic_dataset
+from fiber_det.data.synthetic.vqa import KINDS as VQA_KINDS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "captions_per_image",
         "refs_per_image",
         "scene_captions_per_image",
+        "vqa_questions_per_image",
+        "nlvr2_statements_per_pair",
         "num_colours",
         "num_shapes",
         "num_heldout",
@@ -79,6 +91,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         flag = "--" + name.replace("_", "-")
         parser.add_argument(flag, dest=name, type=int, default=getattr(defaults, name))
     parser.add_argument("--image-format", choices=("jpg", "png"), default=defaults.image_format)
+    parser.add_argument(
+        "--vqa-question-kinds",
+        type=lambda text: tuple(text.split(",")),
+        default=defaults.vqa_question_kinds,
+        help=f"comma-separated VQA question kinds (default: all of {','.join(VQA_KINDS)})",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a previous output")
     return parser.parse_args(argv)
 

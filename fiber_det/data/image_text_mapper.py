@@ -2,8 +2,9 @@
 
 Output of `ImageTextDatasetMapper` for one dict:
 - "image": uint8 (3, S, S) in cfg.INPUT.FORMAT, resized to S x S with bicubic interpolation and
-  no aspect preservation (the original's `albef` transform, coarse_grained_spec.md d.2; the model
-  normalises with MODEL.PIXEL_MEAN / PIXEL_STD);
+  no aspect preservation (the original's `albef` transform, coarse_grained_spec.md d.2; in
+  training with MODEL.PRETRAIN.AUGMENT, `albef_randaug` first, as the retrieval fine-tunes; the
+  model normalises with MODEL.PIXEL_MEAN / PIXEL_STD);
 - "image_id", "height", "width" (of the source image);
 - "texts": list of dicts {"input_ids": (L,), "attention_mask": (L,), "caption": str}; one random
   caption in training (with "mlm_input_ids" / "mlm_labels" (L,)), every caption at test.
@@ -22,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fiber_det.data.datasets.image_text import read_arrow_image
 from fiber_det.data.tokenizer import build_tokenizer
+from fiber_det.data.transforms import albef_randaug
 
 __all__ = ["ImageTextDatasetMapper", "mask_tokens_for_mlm"]
 
@@ -68,6 +70,7 @@ class ImageTextDatasetMapper:
         image_format: str = "BGR",
         max_text_len: int = 40,
         mlm_probability: float = 0.15,
+        augment: bool = False,
     ) -> None:
         if tokenizer.mask_token_id is None:
             raise ValueError("the coarse-stage tokenizer needs a <mask> token for MLM")
@@ -77,6 +80,7 @@ class ImageTextDatasetMapper:
         self.image_format = image_format
         self.max_text_len = max_text_len
         self.mlm_probability = mlm_probability
+        self.augmentation = albef_randaug(image_size) if is_train and augment else None
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True) -> dict:
@@ -87,14 +91,22 @@ class ImageTextDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "max_text_len": cfg.MODEL.PRETRAIN.MAX_TEXT_LEN,
             "mlm_probability": cfg.MODEL.PRETRAIN.MLM_PROBABILITY,
+            "augment": cfg.MODEL.PRETRAIN.AUGMENT,
         }
 
-    def _load_image(self, record: dict) -> Image.Image:
+    def load_image(self, record: dict) -> Image.Image:
+        """The record's RGB image, from its file or its arrow row."""
         if "arrow_file" in record:
             return read_arrow_image(record["arrow_file"], record["arrow_row"])
         if "file_name" not in record:
             raise ValueError(f"image-text record {record.get('image_id')} has no 'file_name'")
         return Image.open(record["file_name"]).convert("RGB")
+
+    def transform_image(self, image: Image.Image) -> torch.Tensor:
+        """RGB PIL image -> uint8 (3, S, S): `albef_randaug` first when augmenting."""
+        if self.augmentation is not None:
+            image = self.augmentation(image)
+        return self.image_tensor(image)
 
     def image_tensor(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> uint8 (3, S, S) in the configured format (bicubic, no crop)."""
@@ -130,9 +142,9 @@ class ImageTextDatasetMapper:
         captions = record.pop("captions", None)
         if not captions:
             raise ValueError(f"image-text record {record.get('image_id')} has no captions")
-        image = self._load_image(record)
+        image = self.load_image(record)
         record["width"], record["height"] = image.size
-        record["image"] = self.image_tensor(image)
+        record["image"] = self.transform_image(image)
         if self.is_train:
             record["texts"] = [self.tokenize(random.choice(captions), with_mlm=True)]
         else:

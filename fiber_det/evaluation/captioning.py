@@ -22,6 +22,7 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.spice import spice as spice_module
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+from transformers import PreTrainedTokenizerBase
 
 from fiber_det.evaluation.common import gather_on_main, report
 
@@ -111,25 +112,47 @@ def score_captions(
 
 
 class CaptionEvaluator(DatasetEvaluator):
-    """Reads `inputs[i]["image_id"]` and `outputs[i]["caption"]` (str); references are the
-    "captions" of the dataset's records with that image_id (e.g. coco_karpathy_test). Writes
-    `captions_<dataset>.json` ([{"image_id", "caption"}], the COCO result format)."""
+    """Reads `inputs[i]["image_id"]` and `outputs[i]["caption"]` (str), or, without "caption",
+    `outputs[i]["caption_ids"]` (token ids, FiberCaptionModel) decoded with `tokenizer`
+    (special tokens skipped); references are the "captions" of the dataset's records with that
+    image_id (e.g. coco_karpathy_test). Writes `captions_<dataset>.json` ([{"image_id",
+    "caption"}], the COCO result format)."""
 
-    def __init__(self, dataset_name: str, output_dir: str | None = None, spice: bool | None = None):
+    def __init__(
+        self,
+        dataset_name: str,
+        output_dir: str | None = None,
+        spice: bool | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ):
         self.dataset_name = dataset_name
         self.output_dir = output_dir
         self.spice = spice
+        self.tokenizer = tokenizer
         self._captions: list[tuple[Hashable, str]] = []
 
     def reset(self) -> None:
         self._captions = []
 
+    def _caption(self, output: dict) -> str:
+        if "caption" not in output and "caption_ids" in output:
+            if self.tokenizer is None:
+                raise ValueError(
+                    "outputs carry 'caption_ids': give CaptionEvaluator a tokenizer to decode them"
+                )
+            ids = output["caption_ids"]
+            ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+            return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        if "caption" not in output:
+            raise ValueError(f"outputs need 'caption' or 'caption_ids', got keys {sorted(output)}")
+        caption = output["caption"]
+        if not isinstance(caption, str):
+            raise ValueError(f"outputs 'caption' must be a string, got {type(caption)}")
+        return caption
+
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for item, output in zip(inputs, outputs, strict=True):
-            caption = output["caption"]
-            if not isinstance(caption, str):
-                raise ValueError(f"outputs 'caption' must be a string, got {type(caption)}")
-            self._captions.append((item["image_id"], caption))
+            self._captions.append((item["image_id"], self._caption(output)))
 
     def evaluate(self) -> dict:
         gathered = gather_on_main(self._captions)

@@ -1,10 +1,15 @@
-"""Image-text retrieval: Recall@K from ITC scores, optionally re-ranked by ITM on the ITC top-k.
+"""Image-text retrieval: Recall@K from ITC scores, and from ITM on the ITC top-k or on all pairs.
 
 TR (image -> text): a query image is a hit at K when any of its captions ranks within the top
 K texts. IR (text -> image): a caption is a hit when its image ranks within the top K images.
-With re-ranking, the ITC top-k candidates of every query are re-ordered by the ITM "match"
-logit and stay ahead of the rest, whose ITC order is unchanged. (The original scores every
-pair with ITM, coarse_grained_spec.md c.3 / f.13; the top-k pre-filter is ours.)
+Modes (`itm_top_k`, cfg MODEL.PRETRAIN.ITM_RERANK_TOP_K):
+* 0: ITC alone (cosine similarity of the unimodal embeddings).
+* k > 0: the ITC top-k candidates of every query are re-ordered by the ITM "match" logit and
+  stay ahead of the rest, whose ITC order is unchanged (fiber_det's fast path, k * (I + T)
+  fused passes at most).
+* -1: ITM scores every image-text pair, I * T fused passes: the original's exhaustive protocol
+  (coarse_grained_spec.md c.3 / f.13). It is the same code path with k = the gallery size.
+ITC recalls are always reported ("itc_*"), the ITM mode's under "itm_*".
 """
 
 import json
@@ -15,12 +20,13 @@ from collections.abc import Callable, Sequence
 import torch
 from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
-from detectron2.utils.logger import create_small_table
+from tabulate import tabulate
 
 logger = logging.getLogger(__name__)
 
-# (images: P uint8 (3, H, W), texts: P dicts {"input_ids", "attention_mask"} (L,)) -> (P,) scores
-PairScorer = Callable[[list[torch.Tensor], list[dict]], torch.Tensor]
+# (images: M uint8 (3, H, W), texts: P dicts {"input_ids", "attention_mask"} (L,),
+#  image_index: (P,) long, the image of each pair) -> (P,) ITM match scores
+PairScorer = Callable[[list[torch.Tensor], list[dict], torch.Tensor], torch.Tensor]
 
 
 def rank_candidates(scores: torch.Tensor) -> torch.Tensor:
@@ -33,10 +39,11 @@ def rerank_top_k(
 ) -> torch.Tensor:
     """Ranking (Q, N) whose first k entries are `top_k` (Q, k) ordered by `top_k_scores` (Q, k),
     followed by every other candidate in the order of `scores` (Q, N)."""
+    num_queries, num_candidates = scores.shape
     head = top_k.gather(1, top_k_scores.argsort(dim=1, descending=True, stable=True))
     in_top_k = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top_k, True)
     full = rank_candidates(scores)
-    tail = full[~in_top_k.gather(1, full)].view(scores.shape[0], -1)
+    tail = full[~in_top_k.gather(1, full)].view(num_queries, num_candidates - top_k.shape[1])
     return torch.cat([head, tail], dim=1)
 
 
@@ -52,12 +59,35 @@ def recall_at_k(ranking: torch.Tensor, positives: torch.Tensor, ks: Sequence[int
     return [100.0 * float((first < k).float().mean()) for k in ks]
 
 
+def itm_mode_name(itm_top_k: int) -> str:
+    """Human-readable name of a retrieval mode (see the module docstring)."""
+    if itm_top_k == 0:
+        return "ITC"
+    return "ITM, all pairs" if itm_top_k < 0 else f"ITM on ITC top-{itm_top_k}"
+
+
+def format_retrieval_table(modes: dict[str, dict[str, float]], ks: Sequence[int]) -> str:
+    """A pipe table, one row per mode: fused passes, TR / IR R@K and the mean recall.
+
+    modes: name -> {"pairs_scored", "tr_r{K}", "ir_r{K}", "r_mean"}."""
+    headers = ["mode", "ITM pairs", *[f"TR R@{k}" for k in ks], *[f"IR R@{k}" for k in ks]]
+    headers.append("R mean")
+    rows = [
+        [name, int(m["pairs_scored"])]
+        + [m[f"{d}_r{k}"] for d in ("tr", "ir") for k in ks]
+        + [m["r_mean"]]
+        for name, m in modes.items()
+    ]
+    return tabulate(rows, headers=headers, tablefmt="pipe", floatfmt=".2f")
+
+
 class RetrievalEvaluator(DatasetEvaluator):
     """IR / TR Recall@K from a model's eval outputs, gathered over processes.
 
     `process` reads, per image, outputs {"image_embedding": (D,), "text_embeddings": (C, D)}
     (L2-normalised ITC features) and inputs {"image_id", "image", "texts"}. With `scorer` and
-    `itm_top_k > 0`, ITM re-ranks the ITC top-k; each process scores the pairs of its own images.
+    `itm_top_k` != 0 (k > 0: the ITC top-k, -1: all pairs), ITM ranks too; each process scores
+    the pairs of its own images, image by image so the scorer can share one image prefix.
     """
 
     def __init__(
@@ -69,6 +99,11 @@ class RetrievalEvaluator(DatasetEvaluator):
         recall_ks: Sequence[int] = (1, 5, 10),
         itm_batch_size: int = 32,
     ) -> None:
+        if itm_top_k < -1:
+            raise ValueError(
+                f"itm_top_k (MODEL.PRETRAIN.ITM_RERANK_TOP_K) must be 0 (ITC only), k > 0 "
+                f"(ITM on the ITC top-k) or -1 (ITM on all pairs), got {itm_top_k}"
+            )
         self.dataset_name = dataset_name
         self.scorer = scorer
         self.itm_top_k = itm_top_k if scorer is not None else 0
@@ -121,10 +156,14 @@ class RetrievalEvaluator(DatasetEvaluator):
         itc = images @ texts_emb.t()
         positives = text_image[None, :] == torch.arange(len(image_ids))[:, None]
         tr_ranking, ir_ranking = rank_candidates(itc), rank_candidates(itc.t())
-        results = self._recalls("itc", tr_ranking, ir_ranking, positives)
+        itc_recalls = self._recalls(tr_ranking, ir_ranking, positives, 0)
+        modes = {itm_mode_name(0): itc_recalls}
+        results = {f"itc_{k}": v for k, v in itc_recalls.items() if k != "pairs_scored"}
         if self.itm_top_k:
-            tr_ranking, ir_ranking = self._itm_rankings(itc, texts, offset)
-            results.update(self._recalls("itm", tr_ranking, ir_ranking, positives))
+            tr_ranking, ir_ranking, num_pairs = self._itm_rankings(itc, texts, offset)
+            itm = self._recalls(tr_ranking, ir_ranking, positives, num_pairs)
+            modes[itm_mode_name(self.itm_top_k)] = itm
+            results.update({f"itm_{k}": v for k, v in itm.items()})
         if not comm.is_main_process():
             return {}
         logger.info(
@@ -132,7 +171,7 @@ class RetrievalEvaluator(DatasetEvaluator):
             self.dataset_name,
             len(image_ids),
             len(texts),
-            create_small_table(results),
+            format_retrieval_table(modes, self.recall_ks),
         )
         if self.output_dir:
             os.makedirs(self.output_dir, exist_ok=True)
@@ -140,55 +179,50 @@ class RetrievalEvaluator(DatasetEvaluator):
                 json.dump(results, handle, indent=2)
         return {"retrieval": results}
 
-    def _recalls(self, prefix: str, tr_ranking, ir_ranking, positives) -> dict[str, float]:
+    def _recalls(self, tr_ranking, ir_ranking, positives, num_pairs: int) -> dict[str, float]:
+        """{"tr_r{K}", "ir_r{K}", "r_mean", "pairs_scored"} of one mode's rankings."""
         tr = recall_at_k(tr_ranking, positives, self.recall_ks)
         ir = recall_at_k(ir_ranking, positives.t(), self.recall_ks)
-        results = {f"{prefix}_tr_r{k}": v for k, v in zip(self.recall_ks, tr, strict=True)}
-        results.update({f"{prefix}_ir_r{k}": v for k, v in zip(self.recall_ks, ir, strict=True)})
-        results[f"{prefix}_r_mean"] = (sum(tr) + sum(ir)) / (2 * len(self.recall_ks))
+        results = {f"tr_r{k}": v for k, v in zip(self.recall_ks, tr, strict=True)}
+        results.update({f"ir_r{k}": v for k, v in zip(self.recall_ks, ir, strict=True)})
+        results["r_mean"] = (sum(tr) + sum(ir)) / (2 * len(self.recall_ks))
+        results["pairs_scored"] = float(num_pairs)
         return results
 
     def _itm_rankings(self, itc: torch.Tensor, texts: list[dict], offset: int):
-        """TR and IR rankings with the ITC top-k of every query re-ordered by ITM scores."""
+        """TR and IR rankings with the ITC top-k of every query (k = the gallery size for all
+        pairs) re-ordered by ITM scores, and the number of distinct pairs scored."""
         num_images, num_texts = itc.shape
-        tr_top = itc.topk(min(self.itm_top_k, num_texts), dim=1).indices
-        ir_top = itc.t().topk(min(self.itm_top_k, num_images), dim=1).indices
-        tr_pairs = torch.stack(
-            [torch.arange(num_images).repeat_interleave(tr_top.shape[1]), tr_top.flatten()], dim=1
-        )
-        ir_pairs = torch.stack(
-            [ir_top.flatten(), torch.arange(num_texts).repeat_interleave(ir_top.shape[1])], dim=1
-        )
-        pairs = torch.unique(torch.cat([tr_pairs, ir_pairs]), dim=0)
-        local = (pairs[:, 0] >= offset) & (pairs[:, 0] < offset + len(self._images))
-        local_scores = self._score_pairs(pairs[local], texts, offset)
-        gathered = comm.all_gather((pairs[local], local_scores))
+        every = self.itm_top_k < 0
+        tr_top = itc.topk(num_texts if every else min(self.itm_top_k, num_texts), dim=1).indices
+        ir_top = itc.t().topk(num_images if every else min(self.itm_top_k, num_images), dim=1)
+        ir_top = ir_top.indices
+        # a pair (image i, text t) is the flat index i * T + t; sorted, hence image-major
+        tr_flat = torch.arange(num_images)[:, None] * num_texts + tr_top
+        ir_flat = ir_top * num_texts + torch.arange(num_texts)[:, None]
+        pairs = torch.unique(torch.cat([tr_flat.flatten(), ir_flat.flatten()]))
+        first, stop = offset * num_texts, (offset + len(self._images)) * num_texts
+        local = pairs[(pairs >= first) & (pairs < stop)]
+        gathered = comm.all_gather((local, self._score_pairs(local, texts, offset, num_texts)))
         keys = torch.cat([p for p, _ in gathered])
-        values = torch.cat([s for _, s in gathered])
-        lookup = self._pair_lookup(keys, values, num_texts)
-        tr_scores = lookup(tr_pairs).view(tr_top.shape)
-        ir_scores = lookup(ir_pairs).view(ir_top.shape)
-        return rerank_top_k(itc, tr_top, tr_scores), rerank_top_k(itc.t(), ir_top, ir_scores)
-
-    @staticmethod
-    def _pair_lookup(keys: torch.Tensor, values: torch.Tensor, num_texts: int):
-        flat = keys[:, 0] * num_texts + keys[:, 1]
-        order = flat.argsort()
-        flat, values = flat[order], values[order]
-
-        def lookup(pairs: torch.Tensor) -> torch.Tensor:
-            query = pairs[:, 0] * num_texts + pairs[:, 1]
-            return values[torch.searchsorted(flat, query)]
-
-        return lookup
+        order = keys.argsort()
+        keys, values = keys[order], torch.cat([s for _, s in gathered])[order]
+        tr_scores = values[torch.searchsorted(keys, tr_flat)]
+        ir_scores = values[torch.searchsorted(keys, ir_flat)]
+        tr_ranking = rerank_top_k(itc, tr_top, tr_scores)
+        return tr_ranking, rerank_top_k(itc.t(), ir_top, ir_scores), len(pairs)
 
     @torch.no_grad()
-    def _score_pairs(self, pairs: torch.Tensor, texts: list[dict], offset: int) -> torch.Tensor:
-        """ITM match scores (P,) of (global image, global text) pairs whose image is local."""
+    def _score_pairs(
+        self, pairs: torch.Tensor, texts: list[dict], offset: int, num_texts: int
+    ) -> torch.Tensor:
+        """ITM match scores (P,) of sorted flat pairs (P,) whose image is local, in chunks of
+        `itm_batch_size` pairs; each chunk hands the scorer its distinct images once."""
         scores = []
         for start in range(0, len(pairs), self.itm_batch_size):
             chunk = pairs[start : start + self.itm_batch_size]
-            images = [self._images[int(i) - offset] for i in chunk[:, 0]]
-            chosen = [texts[int(t)] for t in chunk[:, 1]]
-            scores.append(self.scorer(images, chosen).float().cpu())
+            distinct, image_index = torch.unique(chunk // num_texts, return_inverse=True)
+            images = [self._images[i - offset] for i in distinct.tolist()]
+            chosen = [texts[t] for t in (chunk % num_texts).tolist()]
+            scores.append(self.scorer(images, chosen, image_index).float().cpu())
         return torch.cat(scores) if scores else torch.zeros(0)

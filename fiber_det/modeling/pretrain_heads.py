@@ -153,6 +153,28 @@ def sample_hard_negatives(
     return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
 
+def sample_random_negatives(
+    forbidden: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One column per row drawn uniformly from the allowed columns of `forbidden` (N, M) bool.
+
+    Returns (N,) indices, never a forbidden one: the random false image of the ITM fine-tune
+    (`draw_false_image=1`, coarse_grained_spec.md b.2), never an image with the row's image id.
+    """
+    return sample_hard_negatives(
+        torch.zeros(forbidden.shape, device=forbidden.device), forbidden, generator
+    )
+
+
+def random_match_labels(
+    batch_size: int, device: torch.device, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B,) long ITM labels: exactly B // 2 ones (kept pairs) at random rows, zeros elsewhere
+    (rows whose image gets replaced), as the original's random-negative ITM (spec b.2)."""
+    order = torch.randperm(batch_size, generator=generator).to(device)
+    return (order < batch_size // 2).long()
+
+
 def same_image_mask(row_image_ids: torch.Tensor, column_image_ids: torch.Tensor) -> torch.Tensor:
     """(N, M) bool: True where a row's image id equals a column's image id."""
     return row_image_ids[:, None] == column_image_ids[None, :]

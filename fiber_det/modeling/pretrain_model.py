@@ -4,13 +4,16 @@ Training (coarse_grained_spec.md b), per step on a local batch of B (image, capt
 * ITC with fusion off: L2-normalised pooled features of each tower, logits over the global
   batch gathered from every process (only the local rows keep gradient) plus an optional queue
   of detached past features; captions of the same image are never negatives.
-* ITM with fusion on: for every pair one hard-negative image and one hard-negative caption drawn
-  from the ITC similarities over the global batch (never the positive or the same image), 3B
-  pairs [pos; (img, neg txt); (neg img, txt)], cross-entropy on `itm_score(cls_feats)`.
+* ITM with fusion on, cross-entropy on `itm_score(cls_feats)`. Negatives "hard" (pre-training):
+  for every pair one hard-negative image and one hard-negative caption drawn from the ITC
+  similarities over the global batch (never the positive or the same image), 3B pairs
+  [pos; (img, neg txt); (neg img, txt)]. Negatives "random" (the ITM retrieval fine-tune,
+  spec b.2 / c.3): B pairs, B // 2 kept, the others with the image replaced by a uniformly drawn
+  image of the global batch with another image id; no ITC pass is needed.
 * MLM: the masked captions of the mapper on the positive images, fused; CE on masked tokens.
-The ITM and MLM fused passes share one forward of 4B pairs and one text-independent image
-prefix for the B images and B negatives. Eval returns ITC embeddings for retrieval, and
-`itm_match_scores` scores given pairs.
+The ITM and MLM fused passes share one forward (4B pairs with hard negatives) and one image
+prefix for the B images and their negatives. Eval returns ITC embeddings for retrieval, and
+`itm_match_scores` scores given pairs (one prefix per distinct image).
 """
 
 import hashlib
@@ -31,11 +34,15 @@ from fiber_det.modeling.pretrain_heads import (
     contrastive_logits,
     contrastive_loss,
     gather_keep_local_grad,
+    random_match_labels,
     same_image_mask,
     sample_hard_negatives,
+    sample_random_negatives,
 )
 
 __all__ = ["FiberPretrainModel", "image_id_hash"]
+
+ITM_NEGATIVES = ("hard", "random")
 
 
 def image_id_hash(image_id) -> int:
@@ -53,6 +60,12 @@ def pad_texts(texts: list[dict], pad_id: int, keys=("input_ids", "attention_mask
         )
         for key in keys
     }
+
+
+def select_prefix_rows(prefix: ImagePrefix, rows: torch.Tensor) -> ImagePrefix:
+    """The prefix of images `rows` (N,) out of a prefix of M images: tokens (N, H, W, C)."""
+    features = {k: v[rows] for k, v in prefix.features.items()}
+    return ImagePrefix(prefix.tokens[rows], prefix.stage, prefix.block, features)
 
 
 @META_ARCH_REGISTRY.register()
@@ -75,6 +88,7 @@ class FiberPretrainModel(FiberImageTextModel):
         temperature_range: tuple[float, float] = (0.001, 1.0),
         queue_size: int = 0,
         mlm_head_eps: float = 1e-12,
+        itm_negatives: str = "hard",
     ) -> None:
         super().__init__(
             trunk=trunk, hidden_size=hidden_size, pixel_mean=pixel_mean, pixel_std=pixel_std
@@ -86,6 +100,12 @@ class FiberPretrainModel(FiberImageTextModel):
         self.temperature_range = tuple(temperature_range)
         self.loss_weights = {"itc": itc_weight, "itm": itm_weight, "mlm": mlm_weight}
         self.queue = FeatureQueue(queue_size, hidden_size) if queue_size > 0 else None
+        if itm_negatives not in ITM_NEGATIVES:
+            raise ValueError(
+                f"MODEL.PRETRAIN.ITM_NEGATIVES must be one of {ITM_NEGATIVES}, "
+                f"got {itm_negatives!r}"
+            )
+        self.itm_negatives = itm_negatives
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -101,6 +121,7 @@ class FiberPretrainModel(FiberImageTextModel):
             "temperature_range": tuple(pretrain.TEMPERATURE_RANGE),
             "queue_size": pretrain.QUEUE_SIZE,
             "mlm_head_eps": pretrain.MLM_HEAD_EPS,
+            "itm_negatives": pretrain.ITM_NEGATIVES,
         }
 
     def itm_logits(self, images: torch.Tensor, input_ids, mask) -> torch.Tensor:
@@ -113,15 +134,34 @@ class FiberPretrainModel(FiberImageTextModel):
         return self.mlm_score(self.fused_features(prefix, input_ids, mask)["text_feats"])
 
     @torch.no_grad()
-    def itm_match_scores(self, images: list[torch.Tensor], texts: list[dict]) -> torch.Tensor:
-        """The ITM "match" logit (P,) of P (uint8 image, caption dict) pairs (retrieval)."""
+    def itm_match_scores(
+        self,
+        images: list[torch.Tensor],
+        texts: list[dict],
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The ITM "match" logit itm_logits[:, 1] (P,) of P pairs (retrieval, spec f.12).
+
+        images: M uint8 (3, H, W); texts: P caption dicts; image_index (P,): the image of each
+        pair (default: pair p uses image p, M = P). Each distinct image runs the
+        text-independent part of the image tower once. Runs in eval mode whatever the model's
+        mode (evaluators call it after detectron2's inference context has restored training).
+        """
+        if image_index is None:
+            image_index = torch.arange(len(images))
+        if len(image_index) != len(texts):
+            raise ValueError(f"{len(image_index)} image indices for {len(texts)} texts")
         batch = pad_texts(texts, self.trunk.text_pad_token_id)
-        logits = self.itm_logits(
-            self.normalize_images(images),
-            batch["input_ids"].to(self.device),
-            batch["attention_mask"].to(self.device),
-        )
-        return logits[:, 1]
+        ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        was_training = self.training
+        self.eval()
+        try:
+            prefix = self.trunk.encode_image_prefix(self.normalize_images(images))
+            prefix = select_prefix_rows(prefix, image_index.to(self.device))
+            cls_feats = self.fused_features(prefix, ids, mask)["cls_feats"]
+        finally:
+            self.train(was_training)
+        return self.itm_score(cls_feats)[:, 1]
 
     # ----- detectron2 entry point -----
 
@@ -157,26 +197,36 @@ class FiberPretrainModel(FiberImageTextModel):
     # ----- losses -----
 
     def losses(self, images: torch.Tensor, text: dict, image_ids: torch.Tensor) -> dict:
-        """The weighted ITC / ITM / MLM losses of one local batch (see the module docstring)."""
+        """The weighted ITC / ITM / MLM losses of one local batch (see the module docstring).
+
+        The unimodal ITC pass runs when ITC is on or hard ITM negatives need its similarities."""
+        all_ids, _ = gather_keep_local_grad(image_ids)
+        losses, similarities = {}, None
+        hard_itm = self.loss_weights["itm"] and self.itm_negatives == "hard"
+        if self.loss_weights["itc"] or hard_itm:
+            loss, similarities = self._contrastive(images, text, all_ids)
+            if self.loss_weights["itc"]:
+                losses["loss_itc"] = self.loss_weights["itc"] * loss
+        if self.loss_weights["itm"] or self.loss_weights["mlm"]:
+            losses.update(self._fused_losses(images, text, image_ids, all_ids, similarities))
+        return losses
+
+    def _contrastive(self, images, text, all_ids) -> tuple[torch.Tensor, tuple]:
+        """ITC loss on the global batch (+ queue) and the local rows' i2t / t2i similarities
+        (B, N) over the global batch; then the queue takes the global features."""
         with torch.set_grad_enabled(self.loss_weights["itc"] > 0):
             image_feats = self.encode_image_itc(images)
             text_feats = self.encode_text_itc(text["input_ids"], text["attention_mask"])
         all_image, offset = gather_keep_local_grad(image_feats, global_loss=True)
         all_text, _ = gather_keep_local_grad(text_feats, global_loss=True)
-        all_ids, _ = gather_keep_local_grad(image_ids)
         logits_i2t, logits_t2i = self._itc_logits(all_image, all_text, all_ids)
-        losses = {}
-        if self.loss_weights["itc"]:
-            loss = contrastive_loss(logits_i2t, logits_t2i)
-            losses["loss_itc"] = self.loss_weights["itc"] * loss
-        if self.loss_weights["itm"] or self.loss_weights["mlm"]:
-            num_global = all_ids.shape[0]
-            local = slice(offset, offset + images.shape[0])
-            similarities = (logits_i2t[local, :num_global], logits_t2i[local, :num_global])
-            losses.update(self._fused_losses(images, text, image_ids, all_ids, similarities))
+        loss = contrastive_loss(logits_i2t, logits_t2i) if self.loss_weights["itc"] else None
+        num_global = all_ids.shape[0]
+        local = slice(offset, offset + images.shape[0])
+        similarities = (logits_i2t[local, :num_global], logits_t2i[local, :num_global])
         if self.queue is not None:
             self.queue.enqueue(all_image, all_text, all_ids)
-        return losses
+        return loss, similarities
 
     def _itc_logits(self, all_image, all_text, all_ids) -> tuple[torch.Tensor, torch.Tensor]:
         """Global i2t / t2i logits (N, N + F) with other captions of the same image masked."""
@@ -196,7 +246,8 @@ class FiberPretrainModel(FiberImageTextModel):
         )
 
     def _hard_negative_pairs(self, images, text, image_ids, all_ids, similarities):
-        """The 3B ITM pairs: (image rows into [images; negatives], ids, masks) and negatives."""
+        """The 3B ITM pairs: negative images, image rows into [images; negatives], ids, masks,
+        labels [1] * B + [0] * 2B."""
         batch = images.shape[0]
         logits_i2t, logits_t2i = similarities
         forbidden = same_image_mask(image_ids, all_ids)
@@ -209,28 +260,42 @@ class FiberPretrainModel(FiberImageTextModel):
         rows = [positives, positives, positives + batch]
         ids = [text["input_ids"], all_input_ids[negative_texts], text["input_ids"]]
         masks = [text["attention_mask"], all_masks[negative_texts], text["attention_mask"]]
-        return all_images[negative_images], rows, ids, masks
+        labels = torch.zeros(3 * batch, dtype=torch.long, device=self.device)
+        labels[:batch] = 1
+        return all_images[negative_images], rows, ids, masks, labels
+
+    def _random_negative_pairs(self, images, text, image_ids, all_ids):
+        """The B pairs of the ITM fine-tune: B // 2 random rows keep their image (label 1); the
+        others get a uniformly drawn global-batch image of another image id (label 0)."""
+        batch = images.shape[0]
+        labels = random_match_labels(batch, self.device)
+        negative_rows = (labels == 0).nonzero().squeeze(1)
+        with torch.no_grad():
+            negatives = sample_random_negatives(same_image_mask(image_ids[negative_rows], all_ids))
+        all_images, _ = gather_keep_local_grad(images.detach())
+        rows = torch.arange(batch, device=self.device)
+        rows[negative_rows] = batch + torch.arange(len(negative_rows), device=self.device)
+        ids, masks = [text["input_ids"]], [text["attention_mask"]]
+        return all_images[negatives], [rows], ids, masks, labels
 
     def _fused_losses(self, images, text, image_ids, all_ids, similarities) -> dict:
-        """ITM on [pos; (img, hard neg txt); (hard neg img, txt)] and MLM, in one fused pass."""
+        """ITM on the hard or random negative pairs and MLM, in one fused pass."""
         batch = images.shape[0]
-        extra_images, rows_image, ids, masks = images[:0], [], [], []
-        if self.loss_weights["itm"]:
-            extra_images, rows_image, ids, masks = self._hard_negative_pairs(
+        extra_images, rows_image, ids, masks, labels = images[:0], [], [], [], None
+        if self.loss_weights["itm"] and self.itm_negatives == "hard":
+            extra_images, rows_image, ids, masks, labels = self._hard_negative_pairs(
                 images, text, image_ids, all_ids, similarities
+            )
+        elif self.loss_weights["itm"]:
+            extra_images, rows_image, ids, masks, labels = self._random_negative_pairs(
+                images, text, image_ids, all_ids
             )
         if self.loss_weights["mlm"]:
             ids.append(text["mlm_input_ids"])
             masks.append(text["attention_mask"])
             rows_image.append(torch.arange(batch, device=self.device))
         prefix = self.trunk.encode_image_prefix(torch.cat([images, extra_images]))
-        order = torch.cat(rows_image)
-        prefix = ImagePrefix(
-            prefix.tokens[order],
-            prefix.stage,
-            prefix.block,
-            {k: v[order] for k, v in prefix.features.items()},
-        )
+        prefix = select_prefix_rows(prefix, torch.cat(rows_image))
         length = max(t.shape[1] for t in ids)
         pad = self.trunk.text_pad_token_id
         feats = self.fused_features(
@@ -240,9 +305,7 @@ class FiberPretrainModel(FiberImageTextModel):
         )
         losses = {}
         if self.loss_weights["itm"]:
-            logits = self.itm_score(feats["cls_feats"][: 3 * batch])
-            labels = torch.zeros(3 * batch, dtype=torch.long, device=self.device)
-            labels[:batch] = 1
+            logits = self.itm_score(feats["cls_feats"][: labels.shape[0]])
             losses["loss_itm"] = self.loss_weights["itm"] * F.cross_entropy(logits, labels)
         if self.loss_weights["mlm"]:
             text_feats = feats["text_feats"][-batch:, : text["mlm_labels"].shape[1]]

@@ -2,6 +2,7 @@
 
 import io
 import json
+import random
 
 import numpy as np
 import pyarrow as pa
@@ -119,6 +120,15 @@ def test_builtin_names_are_registered_for_retrieval():
         assert MetadataCatalog.get(name).evaluator_type == "retrieval"
 
 
+def test_builtin_caption_names_read_the_karpathy_records_for_captioning():
+    for name in ("coco_karpathy_test_caption", "flickr30k_karpathy_val_caption_arrow"):
+        assert MetadataCatalog.get(name).evaluator_type == "caption"
+    assert "coco_karpathy_train_caption" not in DatasetCatalog.list()
+    caption_loader = DatasetCatalog["coco_karpathy_test_caption"]
+    retrieval_loader = DatasetCatalog["coco_karpathy_test"]
+    assert caption_loader.args == retrieval_loader.args  # same file, one record per image
+
+
 def test_mapper_resizes_bicubic_and_tokenizes(tmp_path, tiny_tokenizer):
     image_path = tmp_path / "img.png"
     pixels = np.zeros((10, 20, 3), dtype=np.uint8)
@@ -157,3 +167,32 @@ def test_mlm_masking_rules():
     unchanged = (masked == ids) & selected
     # a random replacement equals the original 1 % of the time (vocab 100)
     assert unchanged[selected].float().mean().item() == pytest.approx(0.1 + 0.001, abs=0.02)
+
+
+def test_mapper_augments_training_images_only(tmp_path, tiny_tokenizer):
+    """MODEL.PRETRAIN.AUGMENT: albef_randaug on training images (seeded), never at test."""
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    pixels[:, :16] = 255  # left half white: a flip or crop moves it
+    image_path = tmp_path / "half.png"
+    Image.fromarray(pixels).save(image_path)
+    record = {"file_name": str(image_path), "image_id": 1, "captions": ["a square"]}
+    kwargs = {"tokenizer": tiny_tokenizer, "image_size": 32, "augment": True}
+    plain = ImageTextDatasetMapper(False, **kwargs)(record)["image"]
+    assert torch.equal(
+        plain,
+        ImageTextDatasetMapper(False, tokenizer=tiny_tokenizer, image_size=32)(record)["image"],
+    )
+    changed = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        changed.append(
+            not torch.equal(ImageTextDatasetMapper(True, **kwargs)(record)["image"], plain)
+        )
+    assert any(changed)
+    torch.manual_seed(0)
+    random.seed(0)
+    first = ImageTextDatasetMapper(True, **kwargs)(record)["image"]
+    torch.manual_seed(0)
+    random.seed(0)
+    assert torch.equal(first, ImageTextDatasetMapper(True, **kwargs)(record)["image"])

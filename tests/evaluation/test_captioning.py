@@ -14,6 +14,7 @@ import json
 import math
 
 import pytest
+import torch
 from detectron2.data import DatasetCatalog
 
 from fiber_det.evaluation import captioning
@@ -96,3 +97,18 @@ def test_bad_inputs_are_named():
     evaluator = CaptionEvaluator(DATASET)
     with pytest.raises(ValueError, match="must be a string"):
         evaluator.process([{"image_id": 1}], [{"caption": ["a"]}])
+
+
+def test_caption_ids_are_decoded_with_the_tokenizer(tiny_tokenizer):
+    """FiberCaptionModel's "caption_ids" (no <s> / </s>) decode to the caption text."""
+    ids = tiny_tokenizer("a red square", add_special_tokens=False)["input_ids"]
+    evaluator = CaptionEvaluator(DATASET, tokenizer=tiny_tokenizer)
+    evaluator.process(
+        [{"image_id": 1}, {"image_id": 2}],
+        [{"caption_ids": torch.tensor(ids)}, {"caption_ids": [0, *ids, 2], "caption": "kept"}],
+    )
+    assert evaluator._captions == [(1, "a red square"), (2, "kept")]
+    with pytest.raises(ValueError, match="give CaptionEvaluator a tokenizer"):
+        CaptionEvaluator(DATASET).process([{"image_id": 1}], [{"caption_ids": ids}])
+    with pytest.raises(ValueError, match="need 'caption' or 'caption_ids'"):
+        evaluator.process([{"image_id": 1}], [{"text": "a"}])

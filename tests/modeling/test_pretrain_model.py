@@ -185,3 +185,110 @@ def test_tiny_model_learns_retrieval_on_generated_pairs(tmp_path):
     # means 67, 71, 58 and R@5 >= 91 both ways
     assert results["itc_r_mean"] >= 50.0, results
     assert min(results["itc_tr_r5"], results["itc_ir_r5"]) >= 80.0, results
+
+
+def test_random_itm_negatives_never_share_the_image_id():
+    model = build_tiny_model(itm_negatives="random").train()
+    image_ids = torch.tensor([7, 7, 3, 9, 7, 3])
+    images = torch.arange(6.0)[:, None, None, None].expand(6, 3, 4, 4)  # image j is filled with j
+    text = {"input_ids": torch.zeros(6, 3, dtype=torch.long)}
+    text["attention_mask"] = torch.ones(6, 3, dtype=torch.long)
+    drawn = set()
+    for _ in range(40):
+        extra, (rows,), _, _, labels = model._random_negative_pairs(
+            images, text, image_ids, image_ids
+        )
+        assert int(labels.sum()) == 3
+        kept = labels == 1
+        assert rows[kept].tolist() == torch.arange(6)[kept].tolist()
+        assert sorted(rows[~kept].tolist()) == [6, 7, 8]
+        sources = extra[:, 0, 0, 0].long()  # which batch image each negative is
+        negative_rows = (~kept).nonzero().squeeze(1)
+        assert not (image_ids[sources] == image_ids[negative_rows]).any()
+        drawn.update(zip(negative_rows.tolist(), sources.tolist(), strict=True))
+    # every allowed image is drawn for row 0 (id 7): the batch images of ids 3 and 9
+    assert {source for row, source in drawn if row == 0} == {2, 3, 5}
+
+
+def test_random_itm_runs_no_itc_pass_and_bad_option_is_rejected(monkeypatch):
+    model = build_tiny_model(itc_weight=0.0, mlm_weight=0.0, itm_negatives="random", queue_size=4)
+
+    def no_itc(*args):
+        raise AssertionError("the random-negative ITM must not run the ITC pass")
+
+    monkeypatch.setattr(model, "encode_text_itc", no_itc)
+    losses = model.train()(random_batch([5, 7, 6, 4], ["a", "b", "c", "a"]))
+    assert set(losses) == {"loss_itm"} and int(model.queue.filled) == 0
+    with pytest.raises(ValueError, match="ITM_NEGATIVES"):
+        build_tiny_model(itm_negatives="semi-hard")
+
+
+@torch.no_grad()
+def test_itm_match_scores_share_one_prefix_per_image_in_eval_mode():
+    model = build_tiny_model().eval()
+    batch = random_batch([5, 9, 6], ["a", "b", "c"])
+    images = [batch[0]["image"], batch[1]["image"]]
+    texts = [x["texts"][0] for x in batch]
+    shared = model.itm_match_scores(images, texts, torch.tensor([0, 1, 0]))
+    for module in model.modules():  # scoring must not depend on the caller's mode
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+    separate = model.train().itm_match_scores([images[0], images[1], images[0]], texts)
+    assert model.training
+    torch.testing.assert_close(shared, separate, atol=1e-5, rtol=0)
+
+
+def _itm_eval_loss(model, pairs: list[dict], labels: torch.Tensor) -> float:
+    """Mean ITM cross-entropy of fixed (image, caption) pairs."""
+    with torch.no_grad():
+        scores = model.itm_logits(
+            model.normalize_images([p["image"] for p in pairs]),
+            torch.nn.utils.rnn.pad_sequence([p["ids"] for p in pairs], True, 1),
+            torch.nn.utils.rnn.pad_sequence([p["mask"] for p in pairs], True, 0),
+        )
+    return float(torch.nn.functional.cross_entropy(scores, labels))
+
+
+def test_random_negative_itm_fine_tune_learns_matching(tmp_path):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    captions = [f"a {color} {shape}" for color, shape in CLASSES]
+    tokenizer = train_byte_level_bpe(captions, tmp_path / "tok", vocab_size=300)
+    mapper = ImageTextDatasetMapper(
+        True, tokenizer=tokenizer, image_size=64, image_format="RGB", max_text_len=8
+    )
+    model = build_tiny_model(
+        vocab_size=len(tokenizer), itc_weight=0.0, mlm_weight=0.0, itm_negatives="random"
+    )
+    for name, parameter in model.named_parameters():  # open the fusion gates, as after
+        if name.endswith(".gate"):  # pre-training (closed, ITM cannot see the other side)
+            parameter.data.fill_(1.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.98))
+    held_out, labels = [], []
+    for k in range(len(CLASSES)):  # each image with its caption and a wrong one
+        image = mapper.image_tensor(_draw(*CLASSES[k], rng))
+        for other, label in ((k, 1), ((k + 5) % len(CLASSES), 0)):
+            text = mapper.tokenize(captions[other], with_mlm=False)
+            held_out.append({"image": image, "ids": text["input_ids"]})
+            held_out[-1]["mask"] = text["attention_mask"]
+            labels.append(label)
+    labels = torch.tensor(labels)
+    before = _itm_eval_loss(model.eval(), held_out, labels)
+    model.train()
+    for step in range(160):
+        batch = [
+            {
+                "image": mapper.image_tensor(_draw(*CLASSES[k], rng)),
+                "image_id": f"{step}-{k}",
+                "texts": [mapper.tokenize(captions[k], with_mlm=False)],
+            }
+            for k in rng.permutation(len(CLASSES))
+        ]
+        loss = model(batch)["loss_itm"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = _itm_eval_loss(model.eval(), held_out, labels)
+    # chance is ln 2 = 0.693; seeds 0, 1, 2 end at 0.39, 0.55, 0.14
+    assert before == pytest.approx(np.log(2), abs=0.01)
+    assert after < 0.85 * before, (before, after)

@@ -207,6 +207,21 @@ def test_coarse_retrieval_fine_tunes_load_their_trunk_and_heads(
     assert _check_coarse(checkpoint, f"configs/coarse_grained/{config}", allowed)[2] == []
 
 
+@pytest.mark.parametrize(
+    ("variant", "config"),
+    [
+        ("task_finetune_vqa", "vqa.yaml"),
+        ("task_finetune_nlvr2", "nlvr2.yaml"),
+        ("task_finetune_caption_mle_coco", "caption_mle_coco.yaml"),
+    ],
+)
+def test_coarse_downstream_releases_load_into_their_task_models(coarse_dump, variant, config):
+    checkpoint = _coarse_variant(coarse_dump, variant)
+    result, check, errors = _check_coarse(checkpoint, f"configs/coarse_grained/{config}")
+    assert result.unconverted == [] and errors == []
+    assert check.missing == [] and check.unexpected == [] and check.wrong_shapes == []
+
+
 def test_coarse_task_heads_on_another_task_model_are_reported(coarse_dump):
     checkpoint = _coarse_variant(coarse_dump, "task_finetune_vqa")
     result, check, errors = _check_coarse(

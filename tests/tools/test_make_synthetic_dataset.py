@@ -63,8 +63,10 @@ def test_same_seed_gives_identical_files(world, tmp_path):
     out = tmp_path / "again"
     _load_tool().main(["--out", str(out), "--seed", "7", *SIZE_ARGS])
     first, second = _hashes(world), _hashes(out)
-    # meta + corpus, 4 annotation files per split + Karpathy, image + Sentences + xml, split lists
-    assert len(first) == 2 + 4 * 4 + 1 + sum(SIZES.values()) * 3 + 4
+    # meta + corpus, 4 annotation files per split + Karpathy, image + Sentences + xml, split lists,
+    # then per train / val / test split 2 VQA json, 1 NLVR2 json and 2 images per pair
+    downstream = sum(3 + 2 * (SIZES[split] // 2) for split in ("train", "val", "test"))
+    assert len(first) == 2 + 4 * 4 + 1 + sum(SIZES.values()) * 3 + 4 + downstream
     assert first == second
 
 
@@ -291,7 +293,7 @@ def test_generated_files_load_through_the_dataset_loaders(world):
 
 def test_registered_names_resolve_through_detectron2(world):
     names = register_synthetic_world(str(world), prefix="synthetic_unit")
-    assert len(names) == 4 * 3 + 3
+    assert len(names) == 4 * 3 + 3 + 3 * 3  # + captioning, vqa, nlvr2 of train / val / test
     assert len(DatasetCatalog.get("synthetic_unit_val")) == SIZES["val"]
     assert MetadataCatalog.get("synthetic_unit_val").thing_classes  # set by load_coco_json
     assert MetadataCatalog.get("synthetic_unit_grounding_test").evaluator_type == "flickr"

@@ -130,10 +130,12 @@ def read_arrow_image(path: str, row: int) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-def register_image_text_dataset(name: str, loader, **metadata) -> None:
-    """Register `loader()` under `name` with evaluator_type "retrieval"."""
+def register_image_text_dataset(
+    name: str, loader, evaluator_type: str = "retrieval", **metadata
+) -> None:
+    """Register `loader()` under `name` with `evaluator_type` ("retrieval" or "caption")."""
     DatasetCatalog.register(name, loader)
-    MetadataCatalog.get(name).set(evaluator_type="retrieval", **metadata)
+    MetadataCatalog.get(name).set(evaluator_type=evaluator_type, **metadata)
 
 
 _KARPATHY = {
@@ -152,25 +154,30 @@ _ARROW_CORPORA = {
 
 
 def register_all_image_text(root: str) -> None:
-    """Builtin names: {coco,flickr30k}_karpathy_{split}[_arrow] and the arrow caption corpora."""
+    """Builtin names: {coco,flickr30k}_karpathy_{split}[_arrow] (retrieval), the same val / test
+    images as {coco,flickr30k}_karpathy_{val,test}_caption[_arrow] (captioning: one record per
+    image with all its references), and the arrow caption corpora."""
     for dataset, (json_file, image_root) in _KARPATHY.items():
         for split in KARPATHY_SPLITS:
             per_caption = split == "train"
-            register_image_text_dataset(
-                f"{dataset}_karpathy_{split}",
-                functools.partial(
-                    load_karpathy_json,
-                    os.path.join(root, json_file),
-                    os.path.join(root, image_root),
-                    split,
-                    per_caption,
-                ),
+            json_loader = functools.partial(
+                load_karpathy_json,
+                os.path.join(root, json_file),
+                os.path.join(root, image_root),
+                split,
+                per_caption,
             )
             arrow = os.path.join(root, "arrow", _ARROW[dataset].format(split=split) + ".arrow")
-            register_image_text_dataset(
-                f"{dataset}_karpathy_{split}_arrow",
-                functools.partial(load_arrow_captions, [arrow], per_caption),
-            )
+            arrow_loader = functools.partial(load_arrow_captions, [arrow], per_caption)
+            register_image_text_dataset(f"{dataset}_karpathy_{split}", json_loader)
+            register_image_text_dataset(f"{dataset}_karpathy_{split}_arrow", arrow_loader)
+            if split != "train":
+                register_image_text_dataset(
+                    f"{dataset}_karpathy_{split}_caption", json_loader, "caption"
+                )
+                register_image_text_dataset(
+                    f"{dataset}_karpathy_{split}_caption_arrow", arrow_loader, "caption"
+                )
     for name, stems in _ARROW_CORPORA.items():
         files = [os.path.join(root, "arrow", f"{stem}.arrow") for stem in stems]
         register_image_text_dataset(name, functools.partial(load_arrow_captions, files, True))

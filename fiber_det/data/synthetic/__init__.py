@@ -1,7 +1,7 @@
-"""A synthetic grounding world (coloured shapes, captions, referring expressions) written in
-the real dataset formats, for the quickstart and tests. Entry points: `generate_synthetic_dataset`
-and `register_synthetic_world` (importing this package registers the world found under
-$DETECTRON2_DATASETS/synthetic as synthetic_* datasets).
+"""A synthetic grounding world (coloured shapes, captions, referring expressions, VQAv2
+questions, NLVR2 statements) written in the real dataset formats, for the quickstart and tests.
+Entry points: `generate_synthetic_dataset` and `register_synthetic_world` (importing this package
+registers the world found under $DETECTRON2_DATASETS/synthetic as synthetic_* datasets).
 """
 
 from fiber_det.data.synthetic.generate import SPLITS, SyntheticConfig, generate_synthetic_dataset

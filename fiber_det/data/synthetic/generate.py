@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fiber_det.data.synthetic import formats
+from fiber_det.data.synthetic import downstream, formats
 from fiber_det.data.synthetic.language import (
     COUNT_WORDS,
     grounding_captions,
@@ -22,10 +22,19 @@ from fiber_det.data.synthetic.language import (
     scene_caption,
 )
 from fiber_det.data.synthetic.render import SIDE_RANGE, render_scene
+from fiber_det.data.synthetic.vqa import KINDS as VQA_KINDS
 from fiber_det.data.synthetic.world import World, build_world
 
 SPLITS = ("train", "val", "test", "heldout")
-OUTPUTS = ("images", "annotations", "flickr30k_entities", "corpus.txt", "meta.json")
+OUTPUTS = (
+    "images",
+    "annotations",
+    "flickr30k_entities",
+    "vqav2",
+    "nlvr2",
+    "corpus.txt",
+    "meta.json",
+)
 _IMAGE_WRITE_PARAMS = {
     "jpg": [cv2.IMWRITE_JPEG_QUALITY, 92],
     "png": [cv2.IMWRITE_PNG_COMPRESSION, 3],
@@ -47,6 +56,9 @@ class SyntheticConfig:
     captions_per_image: int = 3  # grounding captions (Flickr-style sentences) per image
     refs_per_image: int = 2  # referring expressions per image (distinct targets)
     scene_captions_per_image: int = 2  # whole-image captions for the coarse stage
+    vqa_questions_per_image: int = 4  # VQAv2-format questions per train / val / test image
+    vqa_question_kinds: tuple[str, ...] = VQA_KINDS  # which of the VQA question kinds to ask
+    nlvr2_statements_per_pair: int = 2  # NLVR2 statements per pair of train / val / test images
     num_colours: int = 5
     num_shapes: int = 5
     num_heldout: int = 3  # (colour, shape) combinations seen only in the heldout split
@@ -65,6 +77,13 @@ class SyntheticConfig:
             raise ValueError(f"min_objects / max_objects = {self.min_objects} / {self.max_objects}")
         if self.seed < 0:
             raise ValueError(f"seed={self.seed}: must be >= 0")
+        if not self.vqa_question_kinds or not set(self.vqa_question_kinds) <= set(VQA_KINDS):
+            raise ValueError(
+                f"vqa_question_kinds={self.vqa_question_kinds}: a non-empty subset of {VQA_KINDS}"
+            )
+        for name in ("vqa_questions_per_image", "nlvr2_statements_per_pair"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")
         if self.num_heldout < 1:
             raise ValueError(f"num_heldout={self.num_heldout}: the heldout split needs >= 1")
         if self.image_format not in _IMAGE_WRITE_PARAMS:
@@ -160,9 +179,24 @@ def generate_synthetic_dataset(
     for split in SPLITS:
         by_split[split] = _draw_split(config, world, split, out_dir, ids, log)
     _write_annotations(out_dir, world, by_split)
-    corpus = _corpus(world, by_split)
+    vqa_counts, vqa_texts = downstream.write_vqa(
+        out_dir,
+        world,
+        by_split,
+        config.seed,
+        config.vqa_questions_per_image,
+        tuple(config.vqa_question_kinds),
+    )
+    nlvr2_counts, nlvr2_texts = downstream.write_nlvr2(
+        out_dir, by_split, config.seed, config.nlvr2_statements_per_pair
+    )
+    corpus = _corpus(world, by_split, vqa_texts + nlvr2_texts)
     (out_dir / "corpus.txt").write_text("\n".join(corpus) + "\n", encoding="utf-8")
     meta = _meta(config, world, by_split, len(corpus))
+    for split in downstream.DOWNSTREAM_SPLITS:
+        meta["counts"][split].update(
+            vqa_questions=vqa_counts[split], nlvr2_statements=nlvr2_counts[split]
+        )
     _write_json(out_dir / "meta.json", meta)
     log(f"[synthetic] wrote {sum(config.split_sizes.values())} images and annotations to {out_dir}")
     return meta
@@ -201,8 +235,9 @@ def _write_annotations(out_dir: Path, world: World, by_split: dict) -> None:
     _write_json(annotations / "dataset_coco.json", formats.karpathy_captions(all_records))
 
 
-def _corpus(world: World, by_split: dict) -> list[str]:
-    """Unique lines, in first-seen order: class names, the detection prompt, every caption."""
+def _corpus(world: World, by_split: dict, downstream_texts: list[str]) -> list[str]:
+    """Unique lines, in first-seen order: class names, the detection prompt, every caption,
+    then the downstream questions, answers and statements."""
     lines = [f"{c} {s}" for c, s in world.all_combinations()]
     lines.append(". ".join(f"{c} {s}" for c, s in world.seen_combinations()))
     for records in by_split.values():
@@ -210,7 +245,7 @@ def _corpus(world: World, by_split: dict) -> list[str]:
             lines += [caption.text for caption in record.grounding]
             lines += [caption.text for _, caption in record.refexps]
             lines += record.scene_captions
-    return list(dict.fromkeys(lines))
+    return list(dict.fromkeys(lines + downstream_texts))
 
 
 def _meta(config: SyntheticConfig, world: World, by_split: dict, corpus_lines: int) -> dict:

@@ -101,7 +101,8 @@ class GatedCrossAttention(nn.Module):
         """(B, N, h * d) -> (B, h, N, d)."""
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def _keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def keys_values(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-head keys and values (B, h, M, d) of `context` (B, M, Dc); a decoder caches them."""
         if hasattr(self, "key_value"):
             key, value = self.key_value(context).chunk(2, dim=-1)
         else:
@@ -121,7 +122,7 @@ class GatedCrossAttention(nn.Module):
                 f"batch mismatch: {tokens.shape[0]} query sequences, {context.shape[0]} contexts"
             )
         query = self._split_heads(self.query(self.query_norm(tokens)))
-        key, value = self._keys_values(context)
+        key, value = self.keys_values(context)
         dropout = self.dropout if self.training else 0.0
         attended = multi_head_attention(query, key, value, context_bias, self.use_sdpa, dropout)
         return self.gate * self.out_dropout(self.out(attended.transpose(1, 2).flatten(2)))

@@ -10,6 +10,11 @@ does (fine_grained_spec.md b, microsoft/FIBER roberta_fused_model_v2.py):
     y  = output.LayerNorm(h' + dropout(output.dense(GELU(intermediate.dense(h')))))
 
 With the gate at 0 (or no image) this is exactly transformers' RobertaLayer.
+
+`FusedRobertaLayer.decode` runs the same layer as a causal decoder (the coarse captioning
+model, coarse_grained_spec.md c.4): self-attention over cached keys / values plus the new
+tokens, the t2i cross-attention on image keys / values computed once per image, every output
+LayerNorm applied.
 """
 
 import torch
@@ -24,6 +29,45 @@ from transformers.models.roberta.modeling_roberta import (
 )
 
 from fiber_det.modeling.backbone.fusion import GatedCrossAttention, multi_head_attention
+
+KeyValue = tuple[torch.Tensor, torch.Tensor]
+
+
+def causal_attention_bias(
+    attention_mask: torch.Tensor | None,
+    num_queries: int,
+    num_keys: int,
+    dtype: torch.dtype,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Additive decoder bias (B or 1, 1, T, P + T) for T new queries after P cached keys.
+
+    As the original's `_prepare_decoder_attention_mask` (golden README, captioning): -inf where
+    a key lies after its query (query t sits at position P + t), plus finfo.min on padded keys
+    (`attention_mask` (B, P + T) 0/1; None: no padding), the two summed.
+    """
+    device = attention_mask.device if attention_mask is not None else device
+    queries = torch.arange(num_keys - num_queries, num_keys, device=device)[:, None]
+    keys = torch.arange(num_keys, device=device)[None, :]
+    bias = torch.zeros(num_queries, num_keys, dtype=dtype, device=device)
+    bias = bias.masked_fill(keys > queries, float("-inf"))[None, None]
+    if attention_mask is None:
+        return bias
+    if attention_mask.shape[1] != num_keys:
+        raise ValueError(
+            f"attention_mask covers {attention_mask.shape[1]} tokens, the decoder {num_keys}"
+        )
+    padding = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    return bias + padding
+
+
+def cross_attend(t2i: GatedCrossAttention, tokens: torch.Tensor, key_value: KeyValue):
+    """The gated t2i update (B, T, D) of `tokens` on image keys / values (B, h, N, d) that
+    `t2i.keys_values(image)` computed once (the same maths as `GatedCrossAttention.forward`)."""
+    query = t2i._split_heads(t2i.query(t2i.query_norm(tokens)))
+    dropout = t2i.dropout if t2i.training else 0.0
+    attended = multi_head_attention(query, *key_value, None, t2i.use_sdpa, dropout)
+    return t2i.gate * t2i.out_dropout(t2i.out(attended.transpose(1, 2).flatten(2)))
 
 
 class FusedRobertaLayer(nn.Module):
@@ -49,16 +93,30 @@ class FusedRobertaLayer(nn.Module):
         self.intermediate = RobertaIntermediate(config)
         self.output = RobertaOutput(config)
 
-    def self_attention(self, hidden: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """Multi-head self-attention context (B, L, D) before the output dense."""
+    def _queries_keys_values(self, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, L, D) -> query, key, value, each (B, h, L, d)."""
         module = self.attention.self
-        query, key, value = (
+        return tuple(
             proj(hidden).unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
             for proj in (module.query, module.key, module.value)
         )
-        dropout = module.dropout.p if self.training else 0.0
+
+    def _attend(self, query, key, value, bias: torch.Tensor | None) -> torch.Tensor:
+        """Self-attention context (B, L, D) of (B, h, L, d) queries on (B, h, M, d) keys."""
+        dropout = self.attention.self.dropout.p if self.training else 0.0
         context = multi_head_attention(query, key, value, bias, self.use_sdpa, dropout)
         return context.transpose(1, 2).flatten(2)
+
+    def self_attention(self, hidden: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """Multi-head self-attention context (B, L, D) before the output dense."""
+        return self._attend(*self._queries_keys_values(hidden), bias)
+
+    def _feed_forward(self, hidden: torch.Tensor, branch: torch.Tensor, output_norm: bool):
+        """LN_attn(hidden + branch), then the FFN with its residual (and output LayerNorm)."""
+        hidden = self.attention.output.LayerNorm(hidden + branch)
+        ffn = self.output.dropout(self.output.dense(self.intermediate(hidden)))
+        hidden = hidden + ffn
+        return self.output.LayerNorm(hidden) if output_norm else hidden
 
     def forward(
         self,
@@ -77,10 +135,35 @@ class FusedRobertaLayer(nn.Module):
         branch = self_output.dropout(self_output.dense(self.self_attention(hidden, attention_bias)))
         if image is not None and self.t2i is not None:
             branch = branch + self.t2i(branch, image)
-        hidden = self_output.LayerNorm(hidden + branch)
-        ffn = self.output.dropout(self.output.dense(self.intermediate(hidden)))
-        hidden = hidden + ffn
-        return self.output.LayerNorm(hidden) if output_norm else hidden
+        return self._feed_forward(hidden, branch, output_norm)
+
+    def image_keys_values(self, image: torch.Tensor) -> KeyValue:
+        """The t2i keys and values (B, h, N, d) of image tokens (B, N, C), once per image."""
+        if self.t2i is None:
+            raise ValueError("this text layer has no t2i cross-attention")
+        return self.t2i.keys_values(image)
+
+    def decode(
+        self,
+        hidden: torch.Tensor,
+        bias: torch.Tensor,
+        past: KeyValue | None = None,
+        image_key_value: KeyValue | None = None,
+    ) -> tuple[torch.Tensor, KeyValue]:
+        """Causal decoder layer on T new tokens (B, T, D) -> ((B, T, D), self keys / values).
+
+        `bias` (B or 1, 1, T, P + T) from `causal_attention_bias`; `past` the P cached self
+        keys / values (B, h, P, d); `image_key_value` from `image_keys_values` (None: no
+        cross-attention). The output LayerNorm is always applied (coarse spec c.4).
+        """
+        query, key, value = self._queries_keys_values(hidden)
+        if past is not None:
+            key, value = torch.cat([past[0], key], dim=2), torch.cat([past[1], value], dim=2)
+        self_output = self.attention.output
+        branch = self_output.dropout(self_output.dense(self._attend(query, key, value, bias)))
+        if image_key_value is not None:
+            branch = branch + cross_attend(self.t2i, branch, image_key_value)
+        return self._feed_forward(hidden, branch, output_norm=True), (key, value)
 
 
 class FusedRoberta(nn.Module):
@@ -141,19 +224,23 @@ class FusedRoberta(nn.Module):
     def pad_token_id(self) -> int:
         return self.config.pad_token_id
 
-    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids -> (B, L, D); position ids start at pad_id + 1 and skip padding."""
+    def embed(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:
+        """(B, L) ids -> (B, L, D); position ids start at pad_id + 1 and skip padding.
+
+        `past_length`: tokens already decoded before these (incremental decoding; their
+        positions continue after the past ones, padding stays at the pad position)."""
         if input_ids.max() >= self.config.vocab_size or input_ids.min() < 0:
             raise ValueError(
                 f"input_ids hold values outside [0, {self.config.vocab_size}): "
                 f"min {int(input_ids.min())}, max {int(input_ids.max())}"
             )
-        if input_ids.shape[1] > self.config.max_position_embeddings - self.pad_token_id - 1:
+        length = past_length + input_ids.shape[1]
+        if length > self.config.max_position_embeddings - self.pad_token_id - 1:
             raise ValueError(
-                f"input_ids of length {input_ids.shape[1]} exceed the text model's "
+                f"input_ids of length {length} exceed the text model's "
                 f"max_position_embeddings {self.config.max_position_embeddings}"
             )
-        return self.embeddings(input_ids=input_ids)
+        return self.embeddings(input_ids=input_ids, past_key_values_length=past_length)
 
     def run_layer(
         self,

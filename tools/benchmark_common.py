@@ -1,0 +1,54 @@
+"""Shared pieces of tools/benchmark.py: the subcommand registry, timing, peak memory and the
+fresh child process every measurement runs in."""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+SUBCOMMANDS: dict[str, tuple[Callable, str, list]] = {}
+BENCHMARK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmark.py")
+
+
+def subcommand(name: str, help: str, arguments: list[tuple[list[str], dict]]):
+    """Register `function(args) -> None` as `benchmark.py name`, with argparse `arguments`."""
+
+    def register(function: Callable) -> Callable:
+        SUBCOMMANDS[name] = (function, help, arguments)
+        return function
+
+    return register
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_calls(function: Callable, iterations: int, warmup: int, device: str) -> list[float]:
+    """Wall-clock milliseconds of `iterations` calls after `warmup` calls."""
+    times = []
+    for index in range(warmup + iterations):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if index >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def run_child(argv: list[str]) -> dict:
+    """Run tools/benchmark.py with `argv` in a fresh process and parse its last output line."""
+    command = [sys.executable, BENCHMARK_SCRIPT, *argv]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        return {"error": completed.stderr.strip().splitlines()[-1:]}
+    return json.loads(completed.stdout.strip().splitlines()[-1])
