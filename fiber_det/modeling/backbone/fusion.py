@@ -121,8 +121,16 @@ class GatedCrossAttention(nn.Module):
             raise ValueError(
                 f"batch mismatch: {tokens.shape[0]} query sequences, {context.shape[0]} contexts"
             )
+        return self.attend(tokens, self.keys_values(context), context_bias)
+
+    def attend(
+        self,
+        tokens: torch.Tensor,
+        key_value: tuple[torch.Tensor, torch.Tensor],
+        context_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward` on keys / values (B, h, M, d) that `keys_values` computed (e.g. cached)."""
         query = self._split_heads(self.query(self.query_norm(tokens)))
-        key, value = self.keys_values(context)
         dropout = self.dropout if self.training else 0.0
-        attended = multi_head_attention(query, key, value, context_bias, self.use_sdpa, dropout)
+        attended = multi_head_attention(query, *key_value, context_bias, self.use_sdpa, dropout)
         return self.gate * self.out_dropout(self.out(attended.transpose(1, 2).flatten(2)))

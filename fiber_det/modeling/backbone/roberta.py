@@ -61,15 +61,6 @@ def causal_attention_bias(
     return bias + padding
 
 
-def cross_attend(t2i: GatedCrossAttention, tokens: torch.Tensor, key_value: KeyValue):
-    """The gated t2i update (B, T, D) of `tokens` on image keys / values (B, h, N, d) that
-    `t2i.keys_values(image)` computed once (the same maths as `GatedCrossAttention.forward`)."""
-    query = t2i._split_heads(t2i.query(t2i.query_norm(tokens)))
-    dropout = t2i.dropout if t2i.training else 0.0
-    attended = multi_head_attention(query, *key_value, None, t2i.use_sdpa, dropout)
-    return t2i.gate * t2i.out_dropout(t2i.out(attended.transpose(1, 2).flatten(2)))
-
-
 class FusedRobertaLayer(nn.Module):
     """One RoBERTa encoder layer; with `image_dim` it also carries the gated `t2i` attention."""
 
@@ -162,7 +153,7 @@ class FusedRobertaLayer(nn.Module):
         self_output = self.attention.output
         branch = self_output.dropout(self_output.dense(self._attend(query, key, value, bias)))
         if image_key_value is not None:
-            branch = branch + cross_attend(self.t2i, branch, image_key_value)
+            branch = branch + self.t2i.attend(branch, image_key_value)
         return self._feed_forward(hidden, branch, output_norm=True), (key, value)
 
 
