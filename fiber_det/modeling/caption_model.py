@@ -127,7 +127,6 @@ class FiberCaptionModel(CaptionRewardMixin, FiberImageTextModel):
         self.objective = objective
         self.num_samples = num_samples
         self.mle_weight = mle_weight
-        self.use_cache = True
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -232,10 +231,9 @@ class FiberCaptionModel(CaptionRewardMixin, FiberImageTextModel):
         hidden, _ = self.decode_tokens(input_ids, state["image"])
         return self.lm_logits(hidden[:, -1]), state
 
-    def decoding_step(self, cached: bool | None = None):
+    def decoding_step(self, cached: bool = True):
         """The step function for fiber_det.modeling.beam_search, with or without the cache;
         its state is {"image": `encode_images(...)`, "cache": None}."""
-        cached = self.use_cache if cached is None else cached
         return self._step_cached if cached else self._step_uncached
 
     def decode_options(self) -> dict:
@@ -250,7 +248,7 @@ class FiberCaptionModel(CaptionRewardMixin, FiberImageTextModel):
 
     @torch.no_grad()
     def generate(
-        self, images: torch.Tensor, beam_size: int | None = None, cached: bool | None = None
+        self, images: torch.Tensor, beam_size: int | None = None, cached: bool = True
     ) -> DecodeOutput:
         """Captions of normalised images (B, 3, H, W): (B, T) ids after `<s>` (beam 1 = greedy)."""
         beam_size = self.beam_size if beam_size is None else beam_size

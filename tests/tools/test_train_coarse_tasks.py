@@ -173,10 +173,13 @@ def test_nlvr2_trains_and_reports_accuracy(world):
     results = _train_then_evaluate(world, "nlvr2_tiny.yaml", "nlvr2", "SOLVER.MAX_ITER", "3")
     metrics = results["nlvr2"]
     assert metrics["num_examples"] == 60  # 30 pairs, a true and a false statement each
-    assert 0.0 <= metrics["accuracy"] <= 100.0
     folder = world / "nlvr2" / "inference" / f"{PREFIX}_nlvr2_val"
     lines = (folder / f"nlvr2_predictions_{PREFIX}_nlvr2_val.csv").read_text().splitlines()
     assert len(lines) == 60 and all(line.endswith((",True", ",False")) for line in lines)
+    labels = {r["identifier"]: r["label"] for r in DatasetCatalog.get(f"{PREFIX}_nlvr2_val")}
+    predicted = dict(line.split(",") for line in lines)
+    correct = sum(int(predicted[key] == "True") == label for key, label in labels.items())
+    assert metrics["accuracy"] == pytest.approx(100.0 * correct / len(labels))
     assert torch.load(world / "nlvr2" / "model_final.pth", weights_only=False)["iteration"] == 2
 
 
