@@ -25,7 +25,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils import comm
 from torch import nn
 
-from fiber_det.modeling.backbone.fiber import FiberTrunk, ImagePrefix
+from fiber_det.modeling.backbone.fiber import FiberTrunk
 from fiber_det.modeling.image_text_model import FiberImageTextModel, image_text_config
 from fiber_det.modeling.pretrain_heads import (
     FeatureQueue,
@@ -60,12 +60,6 @@ def pad_texts(texts: list[dict], pad_id: int, keys=("input_ids", "attention_mask
         )
         for key in keys
     }
-
-
-def select_prefix_rows(prefix: ImagePrefix, rows: torch.Tensor) -> ImagePrefix:
-    """The prefix of images `rows` (N,) out of a prefix of M images: tokens (N, H, W, C)."""
-    features = {k: v[rows] for k, v in prefix.features.items()}
-    return ImagePrefix(prefix.tokens[rows], prefix.stage, prefix.block, features)
 
 
 @META_ARCH_REGISTRY.register()
@@ -157,7 +151,7 @@ class FiberPretrainModel(FiberImageTextModel):
         self.eval()
         try:
             prefix = self.trunk.encode_image_prefix(self.normalize_images(images))
-            prefix = select_prefix_rows(prefix, image_index.to(self.device))
+            prefix = prefix.select(image_index.to(self.device))
             cls_feats = self.fused_features(prefix, ids, mask)["cls_feats"]
         finally:
             self.train(was_training)
@@ -295,7 +289,7 @@ class FiberPretrainModel(FiberImageTextModel):
             masks.append(text["attention_mask"])
             rows_image.append(torch.arange(batch, device=self.device))
         prefix = self.trunk.encode_image_prefix(torch.cat([images, extra_images]))
-        prefix = select_prefix_rows(prefix, torch.cat(rows_image))
+        prefix = prefix.select(torch.cat(rows_image))
         length = max(t.shape[1] for t in ids)
         pad = self.trunk.text_pad_token_id
         feats = self.fused_features(

@@ -42,13 +42,17 @@ class ImagePrefix:
     block: int
     features: dict[str, torch.Tensor]
 
+    def select(self, rows: torch.Tensor) -> "ImagePrefix":
+        """The prefix of images `rows` (N,) (repeats allowed): tokens (N, H, W, C)."""
+        features = {k: v[rows] for k, v in self.features.items()}
+        return ImagePrefix(self.tokens[rows], self.stage, self.block, features)
+
     def repeat(self, times: int) -> "ImagePrefix":
         """Each image repeated `times` times, image-major (image 0's copies first)."""
         if times == 1:
             return self
-        features = {k: v.repeat_interleave(times, dim=0) for k, v in self.features.items()}
-        tokens = self.tokens.repeat_interleave(times, dim=0)
-        return ImagePrefix(tokens, self.stage, self.block, features)
+        rows = torch.arange(self.tokens.shape[0], device=self.tokens.device)
+        return self.select(rows.repeat_interleave(times))
 
 
 @dataclass
