@@ -9,7 +9,8 @@ scale attention weighs the contributions, and DyReLU (the task attention) follow
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import deform_conv2d
+
+from fiber_det.modeling.deform_conv import modulated_deform_conv2d
 
 NUM_TAPS = 9  # a 3x3 kernel
 
@@ -50,7 +51,7 @@ class DyReLU(nn.Module):
 
 
 class ModulatedDeformConvNorm(nn.Module):
-    """Modulated deformable 3x3 conv (DCNv2 through torchvision) followed by GroupNorm."""
+    """Modulated deformable 3x3 conv (DCNv2, torchvision's function) followed by GroupNorm."""
 
     def __init__(self, channels: int, stride: int, gn_groups: int):
         super().__init__()
@@ -63,8 +64,8 @@ class ModulatedDeformConvNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W), offset (B, 18, Ho, Wo), mask (B, 9, Ho, Wo) -> (B, C, Ho, Wo)."""
-        out = deform_conv2d(
-            x.float(), offset.float(), self.weight, self.bias, self.stride, 1, mask=mask.float()
+        out = modulated_deform_conv2d(
+            x.float(), offset.float(), self.weight, self.bias, self.stride, 1, mask.float()
         )
         return self.norm(out)
 
