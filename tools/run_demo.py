@@ -195,7 +195,7 @@ def summarize(results: dict, prefix: str) -> dict:
 
 
 def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
-    """One panel per stage: raw total loss and its 20-iteration moving average."""
+    """One panel per stage: raw total loss and its 20-iteration moving average, log y axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -211,7 +211,8 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
         ).flatten()
         axis.plot(iters, losses, alpha=0.35, label="total loss")
         axis.plot(iters[len(iters) - len(smooth) :], smooth.tolist(), label="moving average")
-        axis.set(title=f"{name} stage", xlabel="iteration", ylabel="loss")
+        axis.set(title=f"{name} stage", xlabel="iteration", ylabel="loss (log scale)")
+        axis.set_yscale("log")  # the first steps' losses are far above the rest
         axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=90)
