@@ -225,15 +225,13 @@ def measure_deform_conv(shape: str, iterations: int) -> dict:
     mask = torch.rand(batch, 9, height, width, generator=generator).requires_grad_()
     weight = torch.randn(channels, channels, 3, 3, generator=generator).requires_grad_()
 
-    def step(function):
-        return lambda: function(x, offset, weight, None, 1, 1, mask=mask).sum().backward()
-
-    def sampling(*inputs, mask):
-        return modulated_deform_conv2d(*inputs, mask)
-
+    cases = {
+        "torchvision": lambda: deform_conv2d(x, offset, weight, None, 1, 1, mask=mask),
+        "grid_sample": lambda: modulated_deform_conv2d(x, offset, weight, None, 1, 1, mask),
+    }
     result = {"shape": shape, "threads": torch.get_num_threads()}
-    for name, function in (("torchvision", deform_conv2d), ("grid_sample", sampling)):
-        times = time_calls(step(function), iterations, 1, "cpu")
+    for name, forward in cases.items():
+        times = time_calls(lambda f=forward: f().sum().backward(), iterations, 1, "cpu")
         result[f"{name}_fwd_bwd_ms"] = round(sorted(times)[len(times) // 2], 1)
     return result
 

@@ -280,18 +280,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="world and training seed")
     parser.add_argument("--train-images", type=int, default=400, help="train split size")
     parser.add_argument("--test-images", type=int, default=100, help="test and heldout sizes")
-    parser.add_argument(
-        "--captions-per-image",
-        type=int,
-        default=SyntheticConfig.captions_per_image,
-        help="grounding captions per image",
-    )
-    parser.add_argument(
-        "--refs-per-image",
-        type=int,
-        default=SyntheticConfig.refs_per_image,
-        help="referring expressions per image",
-    )
     parser.add_argument("--coarse-iters", type=int, default=None, help="default: its config")
     parser.add_argument("--fine-iters", type=int, default=None, help="default: its config")
     parser.add_argument("--skip-coarse", action="store_true", help="fine stage from scratch")
@@ -321,12 +309,7 @@ def run(args: argparse.Namespace) -> dict:
     coarse_opts = ["SEED", str(args.seed), *_iteration_opts(args.coarse_iters)]
     coarse_cfg = build_cfg(Path(args.coarse_config), prefix, tokenizer, out / "coarse", coarse_opts)
     sizes = {"train": args.train_images, "val": 20, "test": args.test_images}
-    world = SyntheticConfig(
-        seed=args.seed,
-        split_sizes=sizes | {"heldout": args.test_images},
-        captions_per_image=args.captions_per_image,
-        refs_per_image=args.refs_per_image,
-    )
+    world = SyntheticConfig(seed=args.seed, split_sizes=sizes | {"heldout": args.test_images})
     coarse_iters = 0 if args.skip_coarse else coarse_cfg.SOLVER.MAX_ITER
     progress = Progress(
         expected_seconds(

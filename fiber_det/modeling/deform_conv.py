@@ -54,9 +54,20 @@ def modulated_deform_conv2d(
     mask (B, K, Ho, Wo) -> (B, O, Ho, Wo). On CPU: grid_sample, then one matrix product."""
     if x.device.type != "cpu":
         return torchvision_deform_conv2d(x, offset, weight, bias, stride, padding, mask=mask)
-    batch, channels = x.shape[:2]
+    batch, channels, height, width = x.shape
     out_channels, _, kernel_h, kernel_w = weight.shape
     taps, (out_h, out_w) = kernel_h * kernel_w, offset.shape[-2:]
+    expected = (
+        (height + 2 * padding - kernel_h) // stride + 1,
+        (width + 2 * padding - kernel_w) // stride + 1,
+    )
+    if (out_h, out_w) != expected or offset.shape[1] != 2 * taps or mask.shape[1] != taps:
+        raise ValueError(
+            f"deformable conv of a {height}x{width} input (kernel {kernel_h}x{kernel_w}, stride "
+            f"{stride}, padding {padding}) needs offset (B, {2 * taps}, {expected[0]}, "
+            f"{expected[1]}) and mask (B, {taps}, ...); got {tuple(offset.shape)} and "
+            f"{tuple(mask.shape)}"
+        )
     grid = sampling_grid(offset, (kernel_h, kernel_w), stride, padding, x.shape[-2:])
     sampled = torch.nn.functional.grid_sample(
         x, grid, mode="bilinear", padding_mode="zeros", align_corners=False

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torchvision.ops import deform_conv2d
 
+from fiber_det.modeling import deform_conv
 from fiber_det.modeling.deform_conv import modulated_deform_conv2d, sampling_grid
 
 
@@ -32,9 +33,12 @@ def _inputs(size: tuple[int, int], stride: int, offset_scale: float, integer: bo
         ((1, 1), 1, 1.0, False),
     ],
 )
-def test_sampling_equals_torchvision_values_and_gradients(size, stride, offset_scale, integer):
+def test_sampling_equals_torchvision_values_and_gradients(
+    size, stride, offset_scale, integer, monkeypatch
+):
     x, offset, weight, bias, mask = _inputs(size, stride, offset_scale, integer)
     expected = deform_conv2d(x, offset, weight, bias, stride, 1, mask=mask)
+    monkeypatch.setattr(deform_conv, "torchvision_deform_conv2d", None)  # CPU: never called
     actual = modulated_deform_conv2d(x, offset, weight, bias, stride, 1, mask)
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
     if integer:
@@ -54,3 +58,9 @@ def test_grid_of_zero_offsets_hand_values():
     torch.testing.assert_close(grid[0, 0, 0], torch.tensor([-1.25, -1.5]))
     # tap 4 (the centre) of output (1, 3) samples pixel (1, 3): x 7 / 4 - 1, y 3 / 2 - 1
     torch.testing.assert_close(grid[0, 4 * 2 + 1, 3], torch.tensor([0.75, 0.5]))
+
+
+def test_offset_of_the_wrong_size_names_the_expected_shape():
+    x, offset, weight, bias, mask = _inputs((7, 9), 1, 1.0)
+    with pytest.raises(ValueError, match=r"needs offset \(B, 18, 7, 9\).*got \(2, 18, 4, 5\)"):
+        modulated_deform_conv2d(x, offset[..., :4, :5], weight, bias, 1, 1, mask[..., :4, :5])

@@ -76,6 +76,6 @@ def test_best_label_per_object_keeps_the_top_phrase_of_each_object():
         {"box": [20, 20, 30, 30], "score": 0.5, "label": "blue cross"},
         {"box": [0, 0, 10, 5], "score": 0.4, "label": "red star"},  # IoU 0.5: not above, kept
     ]
-    kept = _run_demo().best_label_per_object(found)
-    assert [d["score"] for d in kept] == [0.9, 0.5, 0.4]
-    assert _run_demo().best_label_per_object([]) == []
+    best_label_per_object = _run_demo().best_label_per_object
+    assert [d["score"] for d in best_label_per_object(found)] == [0.9, 0.5, 0.4]
+    assert best_label_per_object([]) == []
