@@ -4,10 +4,14 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install lint format test demo clean-venv
+.PHONY: install lock lint format test test-latest demo clean-venv
 
 install:
 	@bash tools/install_env.sh
+
+# Regenerate requirements.lock after editing requirements.txt (keeps today's pins that still fit).
+lock:
+	@bash tools/install_env.sh --lock
 
 lint: install
 	$(PY) -m ruff check .
@@ -20,8 +24,13 @@ format: install
 test: lint
 	$(PY) -m pytest -q tests
 
+# The suite on the newest releases requirements.txt allows, in a separate venv (no lock).
+test-latest:
+	@VENV=.venv-latest FIBER_LATEST=1 bash tools/install_env.sh
+	.venv-latest/bin/python -m pytest -q tests
+
 demo: install
 	$(PY) tools/run_demo.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-latest

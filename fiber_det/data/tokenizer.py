@@ -1,7 +1,6 @@
 """Tokenizers: load a transformers tokenizer from a local directory (or hub name when online),
 or train a small byte-level BPE one on the fly (tests, the quickstart's synthetic vocabulary)."""
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,14 +39,8 @@ def train_byte_level_bpe(
     bpe.train_from_iterator(
         list(texts), vocab_size=vocab_size, min_frequency=1, special_tokens=ROBERTA_SPECIAL_TOKENS
     )
-    vocab = bpe.get_vocab()
-    tokenizer = RobertaTokenizer(vocab=vocab, merges=_merges_of(bpe))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(out_dir))
+    bpe.save_model(str(out_dir))  # vocab.json + merges.txt: RoBERTa's own file format
+    RobertaTokenizer.from_pretrained(str(out_dir)).save_pretrained(str(out_dir))
     return build_tokenizer(str(out_dir))
-
-
-def _merges_of(bpe: ByteLevelBPETokenizer) -> list[tuple[str, str]]:
-    model = json.loads(bpe._tokenizer.to_str())["model"]
-    return [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]

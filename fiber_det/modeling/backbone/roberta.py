@@ -1,8 +1,11 @@
-"""RoBERTa text tower with text->image fusion in its top layers, built from transformers' parts.
+"""RoBERTa text tower with text->image fusion in its top layers.
 
-Each layer holds transformers' `RobertaAttention`, `RobertaIntermediate` and `RobertaOutput`
-(so parameter names are RoBERTa's own) and composes the forward the way FIBER's fused layer
-does (fine_grained_spec.md b, microsoft/FIBER roberta_fused_model_v2.py):
+The modules are plain torch layers named as transformers' RoBERTa names them
+(`embeddings.word_embeddings`, `attention.self.query`, `attention.output.LayerNorm`,
+`intermediate.dense`, `output.dense`, ...), so checkpoints map one-to-one, while no forward of
+transformers' internal modules is called (their keyword names change between releases). The
+layer composes the forward the way FIBER's fused layer does (fine_grained_spec.md b,
+microsoft/FIBER roberta_fused_model_v2.py):
 
     s  = dropout(attention.output.dense(self_attention(h)))      # no residual, no LayerNorm yet
     s += gate * dropout(out(CrossAttn(query=s, key/value=image)))  # fused layers only
@@ -20,15 +23,15 @@ LayerNorm applied.
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from transformers import RobertaConfig
-from transformers.models.roberta.modeling_roberta import (
-    RobertaAttention,
-    RobertaEmbeddings,
-    RobertaIntermediate,
-    RobertaOutput,
-)
+from transformers import PretrainedConfig
 
 from fiber_det.modeling.backbone.fusion import GatedCrossAttention, multi_head_attention
+from fiber_det.modeling.backbone.text_parts import (
+    TextAttention,
+    TextEmbeddings,
+    TextIntermediate,
+    TextOutput,
+)
 
 KeyValue = tuple[torch.Tensor, torch.Tensor]
 
@@ -61,14 +64,23 @@ def causal_attention_bias(
     return bias + padding
 
 
+def roberta_position_ids(
+    input_ids: torch.Tensor, pad_token_id: int, past_length: int = 0
+) -> torch.Tensor:
+    """RoBERTa's position ids (B, L) of (B, L) ids: real tokens count from pad_token_id + 1
+    (continuing after `past_length` earlier tokens), padding sits at pad_token_id."""
+    real = input_ids.ne(pad_token_id).long()
+    return (real.cumsum(dim=1) + past_length) * real + pad_token_id
+
+
 class FusedRobertaLayer(nn.Module):
     """One RoBERTa encoder layer; with `image_dim` it also carries the gated `t2i` attention."""
 
-    def __init__(self, config: RobertaConfig, image_dim: int | None, use_sdpa: bool):
+    def __init__(self, config: PretrainedConfig, image_dim: int | None, use_sdpa: bool):
         super().__init__()
         self.num_heads = config.num_attention_heads
         self.use_sdpa = use_sdpa
-        self.attention = RobertaAttention(config)
+        self.attention = TextAttention(config)
         self.t2i = None
         if image_dim is not None:
             self.t2i = GatedCrossAttention(
@@ -81,8 +93,8 @@ class FusedRobertaLayer(nn.Module):
                 dropout=config.attention_probs_dropout_prob,
                 output_dropout=config.hidden_dropout_prob,
             )
-        self.intermediate = RobertaIntermediate(config)
-        self.output = RobertaOutput(config)
+        self.intermediate = TextIntermediate(config)
+        self.output = TextOutput(config)
 
     def _queries_keys_values(self, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, L, D) -> query, key, value, each (B, h, L, d)."""
@@ -161,7 +173,7 @@ class FusedRoberta(nn.Module):
     """RoBERTa embeddings + layers (no pooler); the last `len(fused_image_dims)` layers fuse.
 
     Args:
-        config: transformers RobertaConfig (sizes, dropout, pad id, LayerNorm eps).
+        config: a transformers RobertaConfig (sizes, activation, dropout, pad id, LayerNorm eps).
         fused_image_dims: key/value width of each fused layer, bottom to top (FIBER-B:
             512, 512, 512, 512, 1024, 1024: the widths of the paired Swin blocks).
         use_sdpa: SDPA for self- and cross-attention.
@@ -170,7 +182,7 @@ class FusedRoberta(nn.Module):
 
     def __init__(
         self,
-        config: RobertaConfig,
+        config: PretrainedConfig,
         fused_image_dims: list[int],
         use_sdpa: bool = True,
         use_checkpoint: bool = False,
@@ -186,7 +198,7 @@ class FusedRoberta(nn.Module):
         self.use_checkpoint = use_checkpoint
         self.first_fused = num_layers - len(fused_image_dims)
         image_dims = [None] * self.first_fused + list(fused_image_dims)
-        self.embeddings = RobertaEmbeddings(config)
+        self.embeddings = TextEmbeddings(config, position_padding_idx=config.pad_token_id)
         self.layers = nn.ModuleList(
             [FusedRobertaLayer(config, dim, use_sdpa) for dim in image_dims]
         )
@@ -225,13 +237,13 @@ class FusedRoberta(nn.Module):
                 f"input_ids hold values outside [0, {self.config.vocab_size}): "
                 f"min {int(input_ids.min())}, max {int(input_ids.max())}"
             )
-        length = past_length + input_ids.shape[1]
-        if length > self.config.max_position_embeddings - self.pad_token_id - 1:
+        positions = roberta_position_ids(input_ids, self.pad_token_id, past_length)
+        if positions.max() >= self.config.max_position_embeddings:
             raise ValueError(
-                f"input_ids of length {length} exceed the text model's "
-                f"max_position_embeddings {self.config.max_position_embeddings}"
+                f"input_ids of length {past_length + input_ids.shape[1]} exceed the text "
+                f"model's max_position_embeddings {self.config.max_position_embeddings}"
             )
-        return self.embeddings(input_ids=input_ids, past_key_values_length=past_length)
+        return self.embeddings(input_ids, positions)
 
     def run_layer(
         self,

@@ -6,7 +6,7 @@ from transformers import RobertaConfig, RobertaModel
 
 from fiber_det.checkpoint import convert_roberta_state_dict
 from fiber_det.modeling.backbone.fusion import extended_attention_bias
-from fiber_det.modeling.backbone.roberta import FusedRoberta
+from fiber_det.modeling.backbone.roberta import FusedRoberta, roberta_position_ids
 from tests.modeling.backbone.tiny import random_text
 
 CONFIG = RobertaConfig(
@@ -61,3 +61,12 @@ def test_input_errors_name_the_limit():
         text.embed(torch.zeros(1, 39, dtype=torch.long))
     with pytest.raises(ValueError, match="4 fused layers"):
         FusedRoberta(CONFIG, [8, 8, 8, 8])
+
+
+def test_position_ids_follow_roberta_for_padded_and_incremental_inputs():
+    right_padded, left_padded = [0, 7, 8, 2, 1, 1], [1, 1, 0, 7, 8, 2]
+    ids = torch.tensor([right_padded, left_padded])
+    assert roberta_position_ids(ids, 1).tolist() == [[2, 3, 4, 5, 1, 1], [1, 1, 2, 3, 4, 5]]
+    # two new tokens after 4 decoded ones; a padded new token stays at the pad position
+    new = torch.tensor([[9, 10], [9, 1]])
+    assert roberta_position_ids(new, 1, past_length=4).tolist() == [[6, 7], [6, 1]]

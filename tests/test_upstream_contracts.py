@@ -1,0 +1,94 @@
+"""The few places where fiber_det relies on more than a package's documented API.
+
+Each is pinned in requirements.lock; each test here fails with the package and its version named,
+so a new release that changes one of them is found by `make test-latest`, not by users.
+"""
+
+import inspect
+from contextlib import contextmanager
+from importlib.metadata import version
+
+import pytest
+import torch
+
+
+@contextmanager
+def contract(package: str, what: str):
+    """Re-raise any failure inside as an AssertionError naming `package` and its version."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - every failure is a broken contract
+        raise AssertionError(
+            f"{package} {version(package)}: {what} changed ({type(error).__name__}: {error}); "
+            "fiber_det was tested with the version in requirements.lock"
+        ) from error
+
+
+def test_timm_window_attention_adds_the_relative_bias_and_the_mask():
+    """swin.py builds its blocks on timm's WindowAttention(dim, num_heads, window_size),
+    calls it as attn(windows, mask=...) and switches SDPA with its `fused_attn` attribute."""
+    from timm.models.swin_transformer import WindowAttention
+
+    torch.manual_seed(0)
+    with contract("timm", "WindowAttention (constructor, forward(x, mask), fused_attn)"):
+        attention = WindowAttention(8, num_heads=2, window_size=2).eval()
+        assert "mask" in inspect.signature(attention.forward).parameters
+        assert isinstance(attention.fused_attn, bool)
+        windows, mask = torch.randn(3, 4, 8), torch.randn(3, 4, 4)
+        with torch.no_grad():
+            attention.relative_position_bias_table.normal_()
+            q, k, v = attention.qkv(windows).view(3, 4, 3, 2, 4).permute(2, 0, 3, 1, 4)
+            bias = attention.relative_position_bias_table[attention.relative_position_index]
+            logits = q @ k.transpose(-1, -2) * 4**-0.5 + bias.view(4, 4, 2).permute(2, 0, 1)
+            context = (logits + mask[:, None]).softmax(-1) @ v
+            expected = attention.proj(context.transpose(1, 2).reshape(3, 4, 8))
+            for fused in (False, True):
+                attention.fused_attn = fused
+                torch.testing.assert_close(attention(windows, mask=mask), expected)
+
+
+def test_timm_patch_embed_and_merging_keep_the_original_swin_layout():
+    """PatchEmbed(output_fmt="NHWC", strict_img_size=False) and PatchMerging(dim, out_dim) on
+    (B, H, W, C) with the original Swin's channel order x(0,0), x(1,0), x(0,1), x(1,1)."""
+    from timm.models.swin_transformer import PatchEmbed, PatchMerging
+
+    torch.manual_seed(0)
+    with contract("timm", "PatchEmbed / PatchMerging"):
+        embed = PatchEmbed(
+            img_size=None, patch_size=4, embed_dim=6, norm_layer=None, output_fmt="NHWC",
+            strict_img_size=False,
+        )  # fmt: skip
+        images = torch.randn(1, 3, 8, 12)
+        torch.testing.assert_close(embed(images), embed.proj(images).permute(0, 2, 3, 1))
+        merging = PatchMerging(3, out_dim=5).eval()
+        x = torch.randn(1, 4, 6, 3)
+        quads = [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]]
+        expected = merging.reduction(merging.norm(torch.cat(quads, dim=-1)))
+        torch.testing.assert_close(merging(x), expected)
+
+
+def test_detectron2_helpers_fiber_det_imports_from_submodules():
+    """Names imported from detectron2 submodules rather than its package roots."""
+    with contract("sal-detectron2", "detectron2 submodule helpers"):
+        from detectron2.data.build import filter_images_with_only_crowd_annotations
+        from detectron2.modeling.backbone.fpn import LastLevelP6P7
+        from detectron2.solver.build import maybe_add_gradient_clipping
+        from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
+
+        top = LastLevelP6P7(4, 6, in_feature="res5")
+        assert top.num_levels == 2 and top.in_feature == "res5"
+        assert [f.shape[1:] for f in top(torch.randn(1, 4, 8, 8))] == [(6, 4, 4), (6, 2, 2)]
+        crowd_only = {"annotations": [{"iscrowd": 1}]}
+        kept = {"annotations": [{"iscrowd": 0}]}
+        assert filter_images_with_only_crowd_annotations([crowd_only, kept]) == [kept]
+        params = list(inspect.signature(maybe_add_gradient_clipping).parameters)
+        assert params == ["cfg", "optimizer"]
+        assert "multiplier" in inspect.signature(LRMultiplier).parameters
+        assert "warmup_length" in inspect.signature(WarmupParamScheduler).parameters
+
+
+@pytest.mark.parametrize("package", ["timm", "sal-detectron2", "transformers"])
+def test_contract_failures_name_the_package_and_version(package):
+    with pytest.raises(AssertionError, match=rf"{package} {version(package)}: a thing changed"):
+        with contract(package, "a thing"):
+            raise TypeError("unexpected keyword argument")
