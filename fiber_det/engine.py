@@ -18,7 +18,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from fiber_det import solver
-from fiber_det.checkpoint_io import FiberCheckpointer
+from fiber_det.checkpoint import FiberCheckpointer
 from fiber_det.config import add_fiber_config
 
 
@@ -44,9 +44,17 @@ def load_weights(cfg: CfgNode, model: torch.nn.Module, resume: bool) -> None:
 
 
 class FiberTrainer(DefaultTrainer):
-    """DefaultTrainer whose construction differs in three ways: DDP also runs on the CPU (gloo,
-    no device_ids), the optimizer and schedule come from `fiber_det.solver`, and checkpoints go
-    through FiberCheckpointer (coarse checkpoints renamed on load, atomic saves)."""
+    """detectron2's DefaultTrainer with the optimizer and schedule of `fiber_det.solver` and
+    checkpoints through FiberCheckpointer (fiber_det files only, atomic saves).
+
+    `__init__` is the one override of DefaultTrainer's construction, kept because detectron2
+    lacks the knob: its `DefaultTrainer.__init__` wraps the model with
+    `create_ddp_model(model, broadcast_buffers=False)`, which always passes
+    `device_ids=[local_rank]` (DDP refuses that for CPU modules, so multi-process CPU training
+    fails) and no `find_unused_parameters` (the coarse task models need it, see
+    `find_unused_parameters`). Every other step is DefaultTrainer's, in its order;
+    tests/test_upstream_contracts.py checks that DefaultTrainer still sets the same attributes.
+    """
 
     def __init__(self, cfg: CfgNode):
         TrainerBase.__init__(self)

@@ -29,6 +29,27 @@ def test_config_merges(path: Path):
     assert cfg.INPUT.FORMAT in ("BGR", "RGB")
 
 
+def _base_depth(path: Path) -> int:
+    """Number of _BASE_ hops from `path` to a file without one."""
+    for line in path.read_text().splitlines():
+        if line.startswith("_BASE_:"):
+            base = line.split(":", 1)[1].split("#")[0].strip().strip("\"'")
+            return 1 + _base_depth((path.parent / base).resolve())
+    return 0
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
+def test_base_chains_are_at_most_two_deep(path: Path):
+    assert _base_depth(path) <= 2
+
+
+def test_base_depth_counts_hops(tmp_path: Path):
+    (tmp_path / "a.yaml").write_text("SEED: 1\n")
+    (tmp_path / "b.yaml").write_text('_BASE_: "a.yaml"\n')
+    (tmp_path / "c.yaml").write_text("_BASE_: b.yaml  # comment\n")
+    assert [_base_depth(tmp_path / f"{n}.yaml") for n in "abc"] == [0, 1, 2]
+
+
 def test_unknown_key_is_rejected(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f'_BASE_: "{CONFIG_DIR / "Base-FIBER.yaml"}"\nMODEL:\n  NOT_A_KEY: 1\n')

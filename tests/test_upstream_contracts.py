@@ -92,3 +92,32 @@ def test_contract_failures_name_the_package_and_version(package):
     with pytest.raises(AssertionError, match=rf"{package} {version(package)}: a thing changed"):
         with contract(package, "a thing"):
             raise TypeError("unexpected keyword argument")
+
+
+def test_detectron2_default_trainer_builds_what_fiber_trainer_mirrors(tmp_path):
+    """FiberTrainer.__init__ mirrors DefaultTrainer.__init__ (see its docstring): a new
+    attribute set by detectron2's constructor must be mirrored too."""
+    from detectron2.engine import DefaultTrainer
+
+    from fiber_det.config import get_fiber_cfg
+    from fiber_det.engine import FiberTrainer
+
+    class TinyParts:
+        @classmethod
+        def build_model(cls, cfg):
+            return torch.nn.Linear(2, 1)
+
+        @classmethod
+        def build_train_loader(cls, cfg):
+            return [[{"x": torch.zeros(2)}]]
+
+    cfg = get_fiber_cfg()
+    cfg.OUTPUT_DIR = str(tmp_path)
+    cfg.MODEL.DEVICE = "cpu"
+    upstream = type("Upstream", (TinyParts, DefaultTrainer), {})(cfg)
+    ours = type("Ours", (TinyParts, FiberTrainer), {})(cfg)
+    with contract("sal-detectron2", "DefaultTrainer.__init__ (the attributes it sets)"):
+        assert sorted(vars(upstream)) == sorted(vars(ours))
+        assert [type(h).__name__ for h in upstream._hooks] == [
+            type(h).__name__ for h in ours._hooks
+        ]

@@ -51,7 +51,7 @@ def measure_coarse_case(args) -> dict:
     cfg.MODEL.DEVICE = device
     model = build_model(cfg).train()
     optimizer = build_optimizer(cfg, model)
-    vocab = model.trunk.text_backbone.config.vocab_size
+    vocab = model.trunk.text_vocab_size
     batch = coarse_batch(args.batch_size, args.image_size, args.text_len, vocab)
 
     def step() -> None:
@@ -137,8 +137,8 @@ def measure_caption_decode(name: str, args) -> dict:
     from detectron2.modeling import build_model
 
     from fiber_det.config import get_fiber_cfg
-    from fiber_det.modeling.beam_search import beam_search
-    from fiber_det.modeling.caption_model import reorder_decoding_state
+    from fiber_det.modeling.vision_language.beam_search import beam_search
+    from fiber_det.modeling.vision_language.caption_model import reorder_decoding_state
 
     torch.manual_seed(0)
     cfg = get_fiber_cfg()
@@ -193,7 +193,7 @@ def measure_retrieval_case(args) -> dict:
     cfg.MODEL.DEVICE = device
     model = build_model(cfg).eval()
     size, pairs = cfg.MODEL.PRETRAIN.IMAGE_SIZE, args.pairs or RETRIEVAL_PAIRS[args.model]
-    vocab = model.trunk.text_backbone.config.vocab_size
+    vocab = model.trunk.text_vocab_size
     batch = coarse_batch(pairs, size, args.text_len, vocab)
     images, texts = [b["image"] for b in batch], [b["texts"][0] for b in batch]
     ids = torch.stack([t["input_ids"] for t in texts]).to(device)

@@ -216,7 +216,7 @@ def measure_deform_conv(shape: str, iterations: int) -> dict:
     torchvision's kernel versus fiber_det's grid_sample path (the one used on CPU)."""
     from torchvision.ops import deform_conv2d
 
-    from fiber_det.modeling.deform_conv import modulated_deform_conv2d
+    from fiber_det.modeling.grounding.deform_conv import modulated_deform_conv2d
 
     batch, channels, height, width = (int(v) for v in shape.split("x"))
     generator = torch.Generator().manual_seed(0)

@@ -1,8 +1,11 @@
 """Convert a released FIBER checkpoint (fine-grained maskrcnn_benchmark or coarse Lightning format,
-DesCo-FIBER included) into a file that detectron2's DetectionCheckpointer loads into fiber_det.
+DesCo-FIBER included) into a file that detectron2's DetectionCheckpointer loads into fiber_det,
+or a coarse-stage checkpoint's trunk into the grounding detector's initial weights.
 
     python tools/convert_checkpoint.py fiber_coco.pth fiber_b_coco.pth --format fine
     python tools/convert_checkpoint.py fiber_pretrain.ckpt fiber_b_coarse.pth --format coarse
+    python tools/convert_checkpoint.py coarse.pth detector_init.pth --format coarse-trunk \
+        --config configs/fine_grained/fiber_b.yaml
     python tools/convert_checkpoint.py fiber_coco.pth out.pth --verify dog.jpg \
         --prompt "dog. ball" --tokenizer ~/roberta-base --opts MODEL.DEVICE cpu
 
@@ -10,7 +13,9 @@ Every key is renamed by fiber_det.checkpoint's tables or dropped with a printed 
 is checked against the model that --config builds (on the meta device, no memory spent): any
 unconverted, missing or unexpected key or shape mismatch is printed and fails the run, and
 nothing is written. Trunk-only files (`fusion_backbone.*` alone) are checked against the
-detector's backbone only. --verify loads the written file and prints the top detections.
+detector's backbone only. `coarse-trunk` takes an official coarse file or fiber_det's own
+coarse-stage checkpoint; the detector's FPN, head and per-stage norms stay at initialisation.
+--verify loads the written file and prints the top detections.
 """
 
 import argparse
@@ -20,10 +25,10 @@ from pathlib import Path
 import torch
 from detectron2.modeling import build_model
 
-from fiber_det.checkpoint import ConversionResult
-from fiber_det.checkpoint_io import (
+from fiber_det.checkpoint import (
     OFFICIAL_EMA_KEY,
     OFFICIAL_FORMATS,
+    ConversionResult,
     LoadCheck,
     check_against_model,
     conversion_errors,
@@ -39,10 +44,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = {
     "fine": REPO_ROOT / "configs" / "fine_grained" / "fiber_b.yaml",
     "coarse": REPO_ROOT / "configs" / "coarse_grained" / "pretrain_mlm_itm_itc.yaml",
+    "coarse-trunk": REPO_ROOT / "configs" / "fine_grained" / "fiber_b.yaml",
 }
-# model state a released checkpoint does not carry: the coarse model's ITC feature queue starts
-# empty (the original pops its queue buffers on load too)
-MAY_LACK = {"fine": [], "coarse": [r"queue\."]}
+# model state the checkpoint does not carry: the coarse model's ITC feature queue starts empty
+# (the original pops its queue buffers on load too); a coarse trunk has no FPN, head or
+# per-stage norms
+MAY_LACK = {
+    "fine": [],
+    "coarse": [r"queue\."],
+    "coarse-trunk": [
+        r"backbone\.fpn\.",
+        r"head\.",
+        r"backbone\.trunk\.image_backbone\.stage_norms\.",
+    ],
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +100,7 @@ def load_config(args: argparse.Namespace, kind: str):
 def model_shapes(cfg) -> dict[str, tuple]:
     """{state_dict key: shape} of the model `cfg` builds, built on the meta device."""
     cfg = cfg.clone()
+    cfg.defrost()
     cfg.MODEL.DEVICE = "meta"
     with torch.device("meta"):
         model = build_model(cfg)
@@ -97,14 +113,19 @@ def convert_and_check(
     """Rename `state_dict` (official format `kind`) and compare it with cfg's model; the last
     item lists one error line per offending key (empty when the result loads strictly).
     Model keys matching a regex of `allow_missing` may be absent from the checkpoint."""
-    window_size = cfg.MODEL.FIBER.SWIN.WINDOW_SIZE if kind == "coarse" else None
-    result = convert_official(state_dict, kind, window_size)
+    fiber = cfg.MODEL.FIBER
+    layout = {
+        "first_fused_layer": fiber.TEXT.NUM_LAYERS - fiber.FUSION.NUM_LAYERS,
+        "query_norm": fiber.FUSION.QUERY_NORM,
+    }
+    window_size = fiber.SWIN.WINDOW_SIZE if kind == "coarse" else None
+    result = convert_official(state_dict, kind, window_size, **layout)
     shapes = model_shapes(cfg)
     trunk_only = kind == "fine" and not any(k.startswith("rpn.") for k in state_dict)
     if trunk_only:
         shapes = {k: v for k, v in shapes.items() if k.startswith("backbone.")}
     check = check_against_model(result.state_dict, shapes, MAY_LACK[kind] + list(allow_missing))
-    sources = official_source_names(list(state_dict), kind)
+    sources = official_source_names(list(state_dict), kind, **layout)
     return result, check, conversion_errors(result, check, sources)
 
 

@@ -44,7 +44,7 @@ Importing fiber_det registers OUT = $DETECTRON2_DATASETS/synthetic (default
 ./datasets/synthetic) as synthetic_SPLIT (detection), synthetic_grounding_SPLIT,
 synthetic_refcoco_SPLIT, synthetic_captions_{train,val,test} (retrieval) and, for the downstream
 tasks, synthetic_{captioning,vqa,nlvr2}_{train,val,test}; another OUT can be registered
-with fiber_det.data.synthetic.register_synthetic_world(OUT, prefix).
+with fiber_det.quickstart.register_synthetic_world(OUT, prefix).
 
 Usage:
     python tools/make_synthetic_dataset.py --seed 0 --train 400 --overwrite
@@ -54,8 +54,8 @@ import argparse
 import os
 import sys
 
-from fiber_det.data.synthetic import SPLITS, SyntheticConfig, generate_synthetic_dataset
-from fiber_det.data.synthetic.vqa import KINDS as VQA_KINDS
+from fiber_det.quickstart import SPLITS, SyntheticConfig, generate_synthetic_dataset
+from fiber_det.quickstart.vqa import KINDS as VQA_KINDS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

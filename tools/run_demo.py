@@ -24,15 +24,15 @@ from pathlib import Path
 
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 import fiber_det  # noqa: F401  (registers datasets and model parts)
+from fiber_det.checkpoint import load_official_state_dict, save_converted_checkpoint
 from fiber_det.config import get_fiber_cfg
-from fiber_det.data.synthetic import SyntheticConfig, generate_synthetic_dataset
-from fiber_det.data.synthetic.register import DEFAULT_PREFIX, register_synthetic_world
 from fiber_det.data.tokenizer import train_byte_level_bpe
+from fiber_det.quickstart import SyntheticConfig, generate_synthetic_dataset
+from fiber_det.quickstart.register import DEFAULT_PREFIX, register_synthetic_world
 
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
@@ -155,21 +155,17 @@ def train_coarse(cfg) -> tuple[Path, list[tuple[int, float]]]:
     return Path(cfg.OUTPUT_DIR) / "model_final.pth", loss_history(trainer)
 
 
-def coarse_trunk_for_detector(coarse_checkpoint: Path, detector: torch.nn.Module, out: Path):
-    """Write the coarse model's trunk as detector weights (`trunk.*` -> `backbone.trunk.*`,
-    same shapes only: the coarse-only query LayerNorm is left out). Returns (path, count)."""
-    coarse = torch.load(coarse_checkpoint, map_location="cpu", weights_only=False)["model"]
-    target = detector.state_dict()
-    moved = {
-        "backbone." + key: value
-        for key, value in coarse.items()
-        if key.startswith("trunk.")
-        and target.get("backbone." + key, value[None]).shape == value.shape
-    }
-    if not moved:
-        raise ValueError(f"{coarse_checkpoint}: no trunk.* weight matches the detector's trunk")
-    torch.save({"model": moved}, out)
-    return out, len(moved)
+def coarse_trunk_for_detector(coarse_checkpoint: Path, fine_cfg, out: Path) -> tuple[Path, int]:
+    """The coarse model's trunk as the detector's initial weights, through the converter's own
+    path (tools/convert_checkpoint.py --format coarse-trunk): renamed, checked against the
+    detector, coarse-only tensors dropped with their reason. Returns (path, tensors written)."""
+    convert = load_tool("convert_checkpoint")
+    state_dict = load_official_state_dict(str(coarse_checkpoint))
+    result, _, errors = convert.convert_and_check(state_dict, "coarse-trunk", fine_cfg)
+    if errors:
+        raise ValueError(f"{coarse_checkpoint}: cannot initialise the detector: {errors[:5]}")
+    save_converted_checkpoint(result.state_dict, str(out), source=str(coarse_checkpoint))
+    return out, len(result.state_dict)
 
 
 def train_fine(cfg) -> tuple[torch.nn.Module, list[tuple[int, float]]]:
@@ -335,7 +331,7 @@ def run(args: argparse.Namespace) -> dict:
     if not args.skip_coarse:
         checkpoint, curves["coarse"] = step("coarse", train_coarse, coarse_cfg)
         weights, count = coarse_trunk_for_detector(
-            checkpoint, build_model(fine_cfg), out / "coarse" / "trunk_for_detector.pth"
+            checkpoint, fine_cfg, out / "coarse" / "trunk_for_detector.pth"
         )
         print(f"[quickstart] {count} trunk tensors of the coarse stage initialise the detector")
         fine_opts += ["MODEL.WEIGHTS", str(weights)]

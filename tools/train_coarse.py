@@ -32,7 +32,7 @@ from fiber_det.data.tokenizer import build_tokenizer
 from fiber_det.data.vqa_mapper import VQADatasetMapper
 from fiber_det.engine import FiberTrainer, load_weights, setup_cfg
 from fiber_det.evaluation.build import build_fiber_evaluator
-from fiber_det.modeling.caption_rl import TokenCiderReward
+from fiber_det.modeling.vision_language.caption_rewards import TokenCiderReward
 
 # META_ARCHITECTURE -> the mapper that feeds it (each mapper module documents its dicts).
 MAPPERS = {

@@ -93,9 +93,9 @@ class CaptionDatasetMapper(ImageTextDatasetMapper):
         return [self.tokenize(c, with_mlm=False)["input_ids"] for c in captions]
 
     def reference_corpus(self, records: list[dict]) -> list[list[list[int]]]:
-        """The document-frequency corpus of fiber_det.modeling.caption_rl.TokenCiderReward:
-        one document per image_id, the token ids of all its captions (per-caption records of
-        one image are merged; "reference_captions" count where present)."""
+        """The document-frequency corpus of the caption model's TokenCiderReward (CIDEr-D
+        rewards): one document per image_id, the token ids of all its captions (per-caption
+        records of one image are merged; "reference_captions" count where present)."""
         return [
             [ids.tolist() for ids in self.reference_ids(captions)]
             for captions in captions_by_image([records]).values()

@@ -1,4 +1,4 @@
-"""NLVR2 dataset dicts (fiber_det.data.nlvr2) -> tensors for `FiberNLVR2Model`.
+"""NLVR2 dataset dicts (fiber_det.data.datasets.nlvr2) -> tensors for `FiberNLVR2Model`.
 
 Output of `NLVR2DatasetMapper` for one statement:
 - "images": [left, right], each uint8 (3, S, S) in cfg.INPUT.FORMAT (bicubic resize, or in
@@ -8,8 +8,8 @@ Output of `NLVR2DatasetMapper` for one statement:
 - "identifier"; "label" (1 = True) where the record has one.
 """
 
+from fiber_det.data.datasets.nlvr2 import read_nlvr2_images
 from fiber_det.data.image_text_mapper import ImageTextDatasetMapper
-from fiber_det.data.nlvr2 import read_nlvr2_images
 
 __all__ = ["NLVR2DatasetMapper"]
 

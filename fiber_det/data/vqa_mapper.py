@@ -1,4 +1,4 @@
-"""VQAv2 dataset dicts (fiber_det.data.vqa) -> tensors for `FiberVQAModel`.
+"""VQAv2 dataset dicts (fiber_det.data.datasets.vqa) -> tensors for `FiberVQAModel`.
 
 Output of `VQADatasetMapper` for one question:
 - "image": uint8 (3, S, S) in cfg.INPUT.FORMAT: the COCO image (or arrow row) resized bicubic

@@ -4,8 +4,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators, LVISEvaluator
 from torch import nn
 
+from fiber_det.data.datasets.vqa import answer_vocabulary
 from fiber_det.data.tokenizer import build_tokenizer
-from fiber_det.data.vqa import answer_vocabulary
 from fiber_det.evaluation.captioning import CaptionEvaluator
 from fiber_det.evaluation.flickr import FlickrRecallEvaluator
 from fiber_det.evaluation.lvis_fixed_ap import LVISFixedAPEvaluator, restore_numpy_float_alias

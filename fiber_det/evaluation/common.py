@@ -7,6 +7,7 @@ import os
 
 import torch
 from detectron2.data import DatasetCatalog
+from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import create_small_table
 
@@ -46,3 +47,28 @@ def gt_boxes_xyxy(annotations: list[dict]) -> torch.Tensor:
         return torch.zeros(0, 4)
     boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32)
     return torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], dim=1)
+
+
+class PerImageHitsEvaluator(DatasetEvaluator):
+    """Base of the grounding evaluators: each image's detections are compared with its
+    dataset record (read once, lazily) into a hits tensor; `evaluate` gathers them.
+    Subclasses implement `image_hits(record, instances) -> torch.Tensor`."""
+
+    def __init__(self, dataset_name: str, output_dir: str | None = None):
+        self.dataset_name = dataset_name
+        self.output_dir = output_dir
+        self._records = None
+        self._hits: list[torch.Tensor] = []
+
+    def reset(self) -> None:
+        self._hits = []
+
+    def image_hits(self, record: dict, instances) -> torch.Tensor:
+        raise NotImplementedError
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        if self._records is None:
+            self._records = records_by_image_id(self.dataset_name)
+        for item, output in zip(inputs, outputs, strict=True):
+            record = self._records[item["image_id"]]
+            self._hits.append(self.image_hits(record, output["instances"].to("cpu")))

@@ -12,10 +12,14 @@ boxes of a phrase are the annotations whose `tokens_positive` overlap the phrase
 
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.evaluation import DatasetEvaluator
 from torchvision.ops import box_iou
 
-from fiber_det.evaluation.common import gather_on_main, gt_boxes_xyxy, records_by_image_id, report
+from fiber_det.evaluation.common import (
+    PerImageHitsEvaluator,
+    gather_on_main,
+    gt_boxes_xyxy,
+    report,
+)
 
 RECALL_KS = (1, 5, 10)
 IOU_THRESHOLD = 0.5
@@ -62,34 +66,23 @@ def phrase_hits(
     return hits
 
 
-class FlickrRecallEvaluator(DatasetEvaluator):
+class FlickrRecallEvaluator(PerImageHitsEvaluator):
     """Recall@1/5/10 and upper bound over all phrases of a Flickr30k Entities split (percent)."""
 
     def __init__(
         self, dataset_name: str, output_dir: str | None = None, merged: bool | None = None
     ):
-        self.dataset_name = dataset_name
-        self.output_dir = output_dir
+        super().__init__(dataset_name, output_dir)
         metadata = MetadataCatalog.get(dataset_name)
         self.merged = metadata.get("merged_boxes", False) if merged is None else merged
-        self._records = None
-        self._hits: list[torch.Tensor] = []
 
-    def reset(self) -> None:
-        self._hits = []
-
-    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
-        if self._records is None:
-            self._records = records_by_image_id(self.dataset_name)
-        for item, output in zip(inputs, outputs, strict=True):
-            record = self._records[item["image_id"]]
-            instances = output["instances"].to("cpu")
-            gt = phrase_gt_boxes(record, self.merged)
-            self._hits.append(
-                phrase_hits(
-                    instances.pred_boxes.tensor, instances.scores, instances.pred_classes, gt
-                )[[len(g) > 0 for g in gt]]
-            )
+    def image_hits(self, record: dict, instances) -> torch.Tensor:
+        """(phrases with a box, len(RECALL_KS) + 1) hits of one image."""
+        gt = phrase_gt_boxes(record, self.merged)
+        hits = phrase_hits(
+            instances.pred_boxes.tensor, instances.scores, instances.pred_classes, gt
+        )
+        return hits[[len(g) > 0 for g in gt]]
 
     def evaluate(self) -> dict:
         hits = gather_on_main(self._hits)

@@ -7,10 +7,14 @@ more lenient; both are reported, the GIoU numbers under the original's names.
 """
 
 import torch
-from detectron2.evaluation import DatasetEvaluator
 from torchvision.ops import box_iou, generalized_box_iou
 
-from fiber_det.evaluation.common import gather_on_main, gt_boxes_xyxy, records_by_image_id, report
+from fiber_det.evaluation.common import (
+    PerImageHitsEvaluator,
+    gather_on_main,
+    gt_boxes_xyxy,
+    report,
+)
 
 PRECISION_KS = (1, 5, 10)
 THRESHOLD = 0.5
@@ -31,33 +35,18 @@ def expression_hits(
     return hits
 
 
-class RefExpEvaluator(DatasetEvaluator):
+class RefExpEvaluator(PerImageHitsEvaluator):
     """Precision@1/5/10 (percent) of one referring-expression split, GIoU and IoU criteria."""
 
-    def __init__(self, dataset_name: str, output_dir: str | None = None):
-        self.dataset_name = dataset_name
-        self.output_dir = output_dir
-        self._records = None
-        self._hits: list[torch.Tensor] = []
-
-    def reset(self) -> None:
-        self._hits = []
-
-    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
-        if self._records is None:
-            self._records = records_by_image_id(self.dataset_name)
-        for item, output in zip(inputs, outputs, strict=True):
-            record = self._records[item["image_id"]]
-            if not record.get("annotations"):
-                raise ValueError(
-                    f"{self.dataset_name}: image id {item['image_id']} has no ground-truth box "
-                    "(field 'annotations')"
-                )
-            gt_box = gt_boxes_xyxy(record["annotations"][:1])[0]
-            instances = output["instances"].to("cpu")
-            self._hits.append(
-                expression_hits(instances.pred_boxes.tensor, instances.scores, gt_box)
+    def image_hits(self, record: dict, instances) -> torch.Tensor:
+        """(2, len(PRECISION_KS)) hits of one expression (GIoU row, IoU row)."""
+        if not record.get("annotations"):
+            raise ValueError(
+                f"{self.dataset_name}: image id {record['image_id']} has no ground-truth box "
+                "(field 'annotations')"
             )
+        gt_box = gt_boxes_xyxy(record["annotations"][:1])[0]
+        return expression_hits(instances.pred_boxes.tensor, instances.scores, gt_box)
 
     def evaluate(self) -> dict:
         hits = gather_on_main(self._hits)

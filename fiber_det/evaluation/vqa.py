@@ -14,7 +14,7 @@ from collections import defaultdict
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import DatasetEvaluator
 
-from fiber_det.data.vqa import (
+from fiber_det.data.datasets.vqa import (
     answer_vocabulary,
     normalize_answer,
     process_punctuation,

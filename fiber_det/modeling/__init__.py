@@ -1,10 +1,9 @@
-"""Models. Importing this package registers backbones and meta-architectures with detectron2."""
+"""Models. Importing this package registers backbones and meta-architectures with detectron2:
+the fused trunk (`backbone/`), the grounding detector (`grounding/`) and the coarse-stage
+image-text models (`vision_language/`)."""
 
-from fiber_det.modeling import (
-    backbone,  # noqa: F401  (registers build_fiber_fpn_backbone)
-    caption_model,  # noqa: F401  (registers FiberCaptionModel)
-    grounding_detector,  # noqa: F401  (registers GroundingDetector)
-    nlvr2_model,  # noqa: F401  (registers FiberNLVR2Model)
-    pretrain_model,  # noqa: F401  (registers FiberPretrainModel)
-    vqa_model,  # noqa: F401  (registers FiberVQAModel)
+from fiber_det.modeling import (  # noqa: F401  (registration on import)
+    backbone,
+    grounding,
+    vision_language,
 )

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from fiber_det.data.nlvr2 import load_nlvr2_arrow, load_nlvr2_jsonl
+from fiber_det.data.datasets.nlvr2 import load_nlvr2_arrow, load_nlvr2_jsonl
 from fiber_det.data.nlvr2_mapper import NLVR2DatasetMapper
-from fiber_det.modeling.nlvr2_model import FiberNLVR2Model
+from fiber_det.modeling.vision_language.nlvr2_model import FiberNLVR2Model
 from tests.data.test_vqa_mapper import photo, png_bytes, resized_tensor, tiny_task_cfg
 
 STATEMENT = "a red square left of a blue circle"

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 
 from fiber_det.config import get_fiber_cfg
-from fiber_det.data.vqa import load_vqav2_arrow
+from fiber_det.data.datasets.vqa import load_vqav2_arrow
 from fiber_det.data.vqa_mapper import VQADatasetMapper
-from fiber_det.modeling.vqa_model import FiberVQAModel
+from fiber_det.modeling.vision_language.vqa_model import FiberVQAModel
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 QUESTION = "what color is the square?"

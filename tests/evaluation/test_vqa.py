@@ -6,7 +6,7 @@ import pytest
 import torch
 from detectron2.data import DatasetCatalog
 
-from fiber_det.data.vqa import answer_soft_score
+from fiber_det.data.datasets.vqa import answer_soft_score
 from fiber_det.evaluation.vqa import VQAEvaluator, vqa_accuracy, vqa_score
 
 

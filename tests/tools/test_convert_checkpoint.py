@@ -20,7 +20,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from fiber_det.checkpoint_io import (
+from fiber_det.checkpoint import (
     detect_official_format,
     load_official_state_dict,
     save_converted_checkpoint,

@@ -10,7 +10,7 @@ import torch
 
 from fiber_det.predictor import GroundingPredictor
 from tests.conftest import REPO_ROOT
-from tests.modeling.tiny_detector import SCENES, build_tiny_detector, draw_scene
+from tests.modeling.grounding.tiny_detector import SCENES, build_tiny_detector, draw_scene
 
 
 def _demo():

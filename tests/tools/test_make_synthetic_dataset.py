@@ -16,16 +16,16 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from fiber_det.data.datasets.detection import load_detection_json
 from fiber_det.data.datasets.grounding import load_grounding_json
 from fiber_det.data.datasets.image_text import load_caption_corpus, load_karpathy_json
-from fiber_det.data.synthetic import (
+from fiber_det.data.tokenizer import train_byte_level_bpe
+from fiber_det.quickstart import (
     SPLITS,
     SyntheticConfig,
     generate_synthetic_dataset,
     register_synthetic_world,
 )
-from fiber_det.data.synthetic.language import COUNT_WORDS, relation
-from fiber_det.data.synthetic.render import SceneObject
-from fiber_det.data.synthetic.world import SHAPES, plural
-from fiber_det.data.tokenizer import train_byte_level_bpe
+from fiber_det.quickstart.language import COUNT_WORDS, relation
+from fiber_det.quickstart.render import SceneObject
+from fiber_det.quickstart.world import SHAPES, plural
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOL = REPO_ROOT / "tools" / "make_synthetic_dataset.py"

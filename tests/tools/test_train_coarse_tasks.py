@@ -23,13 +23,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser
 from pycocoevalcap.cider.cider import Cider
 
-from fiber_det.data.synthetic import SyntheticConfig, generate_synthetic_dataset
-from fiber_det.data.synthetic.register import register_synthetic_world
+from fiber_det.data.datasets.vqa import answer_vocabulary
 from fiber_det.data.tokenizer import train_byte_level_bpe
-from fiber_det.data.vqa import answer_vocabulary
 from fiber_det.engine import setup_cfg
 from fiber_det.evaluation.vqa import vqa_accuracy
-from fiber_det.modeling.caption_rl import TokenCiderReward
+from fiber_det.modeling.vision_language.caption_rewards import TokenCiderReward
+from fiber_det.quickstart import SyntheticConfig, generate_synthetic_dataset
+from fiber_det.quickstart.register import register_synthetic_world
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "tasks_unit"

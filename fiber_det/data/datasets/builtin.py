@@ -1,8 +1,11 @@
-"""Builtin datasets under $DETECTRON2_DATASETS (default ./datasets), registered on import.
+"""Builtin datasets under $DETECTRON2_DATASETS (default ./datasets), registered on import: the
+one place where fiber_det registers datasets, behind one guard.
 
 COCO 2017 and LVIS v1 train/val are detectron2's own registrations (coco_2017_*, lvis_v1_*);
-this module adds what FIBER evaluates and trains on beyond them. The expected tree is in
-datasets/README.md. Nothing is read until a dataset is first used.
+this module adds what FIBER evaluates and trains on beyond them (grounding, Objects365, LVIS
+minival, ODinW-13, caption corpora, VQAv2, NLVR2) and the quickstart's synthetic world
+(`synthetic_*`, fiber_det.quickstart). The expected tree is in datasets/README.md. Nothing is
+read until a dataset is first used.
 """
 
 import os
@@ -12,7 +15,11 @@ from detectron2.data.datasets.lvis import get_lvis_instances_meta, register_lvis
 
 from fiber_det.data.datasets.detection import register_detection_dataset
 from fiber_det.data.datasets.grounding import register_grounding_dataset
+from fiber_det.data.datasets.image_text import register_all_image_text
+from fiber_det.data.datasets.nlvr2 import register_all_nlvr2
 from fiber_det.data.datasets.odinw import register_odinw13
+from fiber_det.data.datasets.vqa import register_all_vqav2
+from fiber_det.quickstart.register import DEFAULT_PREFIX, register_synthetic_world
 
 MDETR_DIR = "mdetr_annotations"
 
@@ -101,6 +108,10 @@ def register_all_fiber_datasets(root: str) -> None:
         os.path.join(root, images),
     )
     register_odinw13(os.path.join(root, "odinw"))
+    register_all_image_text(root)
+    register_all_vqav2(root)
+    register_all_nlvr2(root)
+    register_synthetic_world(os.path.join(root, DEFAULT_PREFIX))
 
 
 def _registered_already() -> bool:

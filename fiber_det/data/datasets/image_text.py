@@ -88,13 +88,18 @@ def _tsv_pair(line: str, path: str, line_number: int) -> tuple[str, str]:
 
 
 @functools.lru_cache(maxsize=64)
-def open_arrow_table(path: str):
-    """The pyarrow Table of a ViLT/METER arrow file (memory-mapped; pyarrow imported lazily)."""
+def open_arrow_table(path: str, required_columns: tuple[str, ...] = ()):
+    """The pyarrow Table of a ViLT/METER arrow file (memory-mapped; pyarrow imported lazily);
+    a missing column of `required_columns` is an error naming the file."""
     import pyarrow as pa
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"arrow file {path} does not exist")
-    return pa.ipc.RecordBatchFileReader(pa.memory_map(path, "r")).read_all()
+    table = pa.ipc.RecordBatchFileReader(pa.memory_map(path, "r")).read_all()
+    for column in required_columns:
+        if column not in table.column_names:
+            raise ValueError(f"{path}: no column '{column}' (has {table.column_names})")
+    return table
 
 
 def load_arrow_captions(paths: list[str], per_caption: bool, text_column: str = "caption") -> list:
@@ -102,10 +107,7 @@ def load_arrow_captions(paths: list[str], per_caption: bool, text_column: str = 
     shuffles them, spec d.1). Image bytes stay in the file until the mapper reads them."""
     records = []
     for path in paths:
-        table = open_arrow_table(path)
-        for column in ("image", text_column):
-            if column not in table.column_names:
-                raise ValueError(f"{path}: no column '{column}' (has {table.column_names})")
+        table = open_arrow_table(path, ("image", text_column))
         texts = table.column(text_column).to_pylist()
         ids = (
             table.column("image_id").to_pylist()
@@ -181,6 +183,3 @@ def register_all_image_text(root: str) -> None:
     for name, stems in _ARROW_CORPORA.items():
         files = [os.path.join(root, "arrow", f"{stem}.arrow") for stem in stems]
         register_image_text_dataset(name, functools.partial(load_arrow_captions, files, True))
-
-
-register_all_image_text(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")))

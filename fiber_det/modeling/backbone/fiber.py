@@ -14,8 +14,8 @@ from detectron2.config import configurable
 from torch import nn
 from transformers import RobertaConfig
 
+from fiber_det.checkpoint.unimodal import load_roberta_weights, load_swin_weights
 from fiber_det.modeling.backbone.fusion import extended_attention_bias
-from fiber_det.modeling.backbone.pretrained import load_roberta_weights, load_swin_weights
 from fiber_det.modeling.backbone.roberta import FusedRoberta
 from fiber_det.modeling.backbone.swin import FusedSwin
 
@@ -152,6 +152,20 @@ class FiberTrunk(nn.Module):
         return self.text_backbone.hidden_size
 
     @property
+    def text_vocab_size(self) -> int:
+        return self.text_backbone.config.vocab_size
+
+    @property
+    def text_special_token_ids(self) -> dict[str, int]:
+        """{"bos", "eos", "pad"} ids of the text tower's config."""
+        config = self.text_backbone.config
+        return {"bos": config.bos_token_id, "eos": config.eos_token_id, "pad": config.pad_token_id}
+
+    @property
+    def num_text_layers(self) -> int:
+        return len(self.text_backbone.layers)
+
+    @property
     def image_channels(self) -> dict[str, int]:
         return {f"res{i + 2}": dim for i, dim in enumerate(self.image_backbone.dims)}
 
@@ -181,9 +195,17 @@ class FiberTrunk(nn.Module):
         tokens, image = self._run_unfused(self._embed_image(images), end)
         text = None
         if input_ids is not None:
-            attention_mask = self._check_text(input_ids, attention_mask)
-            text = self._encode_text_alone(input_ids, attention_mask)
+            text = self.encode_text(input_ids, attention_mask)
         return TrunkOutput(image, text, tokens.flatten(1, 2), fused=False)
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> TextFeatures:
+        """The text tower alone (dual-encoder mode), every layer with its output LayerNorm:
+        (B, L) ids and 0/1 mask -> TextFeatures."""
+        attention_mask = self._check_text(input_ids, attention_mask)
+        hidden = self.text_backbone.encode(input_ids, attention_mask)
+        return TextFeatures(hidden, attention_mask, hidden * attention_mask[..., None])
 
     def encode_image_prefix(self, images: torch.Tensor) -> ImagePrefix:
         """Patch embedding and every block before the first fused one: (B, 3, H, W) -> prefix."""
@@ -213,6 +235,40 @@ class FiberTrunk(nn.Module):
         image, tokens, hidden = self._run_fused(prefix, hidden, bias)
         text = TextFeatures(hidden, attention_mask, hidden * attention_mask[..., None])
         return TrunkOutput(image, text, tokens, fused=True)
+
+    def fused_layer_stages(self) -> dict[int, int]:
+        """{text layer index: index of the Swin stage of its paired fused block}, in order."""
+        swin, text = self.image_backbone, self.text_backbone
+        num_fused = len(text.layers) - text.first_fused
+        paired_blocks = swin.block_ids[swin.num_blocks - num_fused :]
+        return {text.first_fused + i: stage for i, (stage, _) in enumerate(paired_blocks)}
+
+    def text_image_keys_values(self, contexts: dict[int, torch.Tensor]) -> list:
+        """Per text layer the t2i keys / values (B, h, N, d) of its image context, from
+        `contexts` {layer index: (B, N, C) tokens}; None for layers without one. Computed once
+        per image for `decode_text`."""
+        return self.text_backbone.image_keys_values(contexts)
+
+    def decode_text(
+        self,
+        input_ids: torch.Tensor,
+        image_key_values: list,
+        attention_mask: torch.Tensor | None = None,
+        cache: list | None = None,
+    ) -> tuple[torch.Tensor, list]:
+        """The text tower as a causal decoder (captioning, coarse_grained_spec.md c.4): T new
+        ids (B, T) after the cached ones -> final hidden (B, T, D) and the new key / value
+        cache. See FusedRoberta.decode."""
+        return self.text_backbone.decode(input_ids, image_key_values, attention_mask, cache)
+
+    def parameters_off_the_fused_path(self) -> list[nn.Parameter]:
+        """Trunk parameters a fused-pass-only task never reaches: the final Swin norm (applied
+        on the unfused path only) and the last text layer's output LayerNorm when the fused
+        path skips it (`fused_text_last_norm` False)."""
+        modules = [getattr(self.image_backbone, "final_norm", None)]
+        if not self.fused_text_last_norm:
+            modules.append(self.text_backbone.layers[-1].output.LayerNorm)
+        return [p for module in modules if module is not None for p in module.parameters()]
 
     def _run_fused(
         self, prefix: ImagePrefix, hidden: torch.Tensor, bias: torch.Tensor
@@ -276,15 +332,6 @@ class FiberTrunk(nn.Module):
                 "the batch (detectron2 ImageList size_divisibility)"
             )
         return self.image_backbone.patch_embed(images)
-
-    def _encode_text_alone(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> TextFeatures:
-        hidden = self.text_backbone.embed(input_ids)
-        bias = extended_attention_bias(attention_mask, hidden.dtype)
-        for index in range(len(self.text_backbone.layers)):
-            hidden = self.text_backbone.run_layer(index, hidden, bias)
-        return TextFeatures(hidden, attention_mask, hidden * attention_mask[..., None])
 
     def _check_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None

@@ -57,6 +57,16 @@ class FiberFPNBackbone(Backbone):
     def size_divisibility(self) -> int:
         return self.trunk.size_divisibility
 
+    @property
+    def text_hidden_size(self) -> int:
+        """Width D of the text features the backbone returns."""
+        return self.trunk.text_hidden_size
+
+    @property
+    def text_pad_token_id(self) -> int:
+        """The id prompts are padded with."""
+        return self.trunk.text_pad_token_id
+
     def output_shape(self) -> dict[str, ShapeSpec]:
         return self.fpn.output_shape()
 

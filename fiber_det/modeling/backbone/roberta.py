@@ -25,7 +25,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import PretrainedConfig
 
-from fiber_det.modeling.backbone.fusion import GatedCrossAttention, multi_head_attention
+from fiber_det.modeling.backbone.fusion import (
+    GatedCrossAttention,
+    extended_attention_bias,
+    multi_head_attention,
+)
 from fiber_det.modeling.backbone.text_parts import (
     TextAttention,
     TextEmbeddings,
@@ -260,3 +264,56 @@ class FusedRoberta(nn.Module):
                 layer, hidden, attention_bias, image, output_norm, use_reentrant=False
             )
         return layer(hidden, attention_bias, image, output_norm)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Every layer without fusion, each with its output LayerNorm: (B, L) ids and 0/1 mask
+        -> (B, L, D)."""
+        hidden = self.embed(input_ids)
+        bias = extended_attention_bias(attention_mask, hidden.dtype)
+        for index in range(len(self.layers)):
+            hidden = self.run_layer(index, hidden, bias)
+        return hidden
+
+    def image_keys_values(self, contexts: dict[int, torch.Tensor]) -> list[KeyValue | None]:
+        """Per layer the t2i keys / values of its image context (B, N, C) from `contexts`
+        ({layer index: tokens}); None for layers without a context."""
+        return [
+            layer.image_keys_values(contexts[i]) if i in contexts else None
+            for i, layer in enumerate(self.layers)
+        ]
+
+    def decode(
+        self,
+        input_ids: torch.Tensor,
+        image_key_values: list[KeyValue | None],
+        attention_mask: torch.Tensor | None = None,
+        cache: list[KeyValue] | None = None,
+    ) -> tuple[torch.Tensor, list[KeyValue]]:
+        """The tower as a causal decoder on T new ids (B, T) after P cached ones -> final hidden
+        (B, T, D) and the new cache (per layer self keys / values (B, h, P + T, d)).
+
+        `image_key_values` from `image_keys_values`; `attention_mask` (B, P + T) marks real
+        tokens (None: all real). With activation checkpointing on, training recomputes each
+        layer in the backward pass.
+        """
+        past = 0 if cache is None else cache[0][0].shape[2]
+        hidden = self.embed(input_ids, past_length=past)
+        length = past + input_ids.shape[1]
+        bias = causal_attention_bias(
+            attention_mask, input_ids.shape[1], length, hidden.dtype, input_ids.device
+        )
+        checkpointed = self.use_checkpoint and self.training and torch.is_grad_enabled()
+        new_cache = []
+        for index, layer in enumerate(self.layers):
+            inputs = (
+                hidden,
+                bias,
+                None if cache is None else cache[index],
+                image_key_values[index],
+            )
+            if checkpointed:
+                hidden, key_value = checkpoint(layer.decode, *inputs, use_reentrant=False)
+            else:
+                hidden, key_value = layer.decode(*inputs)
+            new_cache.append(key_value)
+        return hidden, new_cache

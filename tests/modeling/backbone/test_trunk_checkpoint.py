@@ -9,11 +9,14 @@ from detectron2.layers import ShapeSpec
 from timm.models.swin_transformer import SwinTransformer
 from transformers import RobertaConfig, RobertaModel
 
-from fiber_det.checkpoint import convert_fine_trunk, interpolate_relative_position_bias
+from fiber_det.checkpoint import (
+    convert_fine_trunk,
+    interpolate_relative_position_bias,
+    load_swin_weights,
+)
 from fiber_det.config import get_fiber_cfg
 from fiber_det.modeling.backbone.fiber import FiberTrunk
 from fiber_det.modeling.backbone.fpn import build_fiber_fpn_backbone
-from fiber_det.modeling.backbone.pretrained import load_swin_weights
 from fiber_det.modeling.backbone.swin import FusedSwin
 from tests.modeling.backbone.tiny import tiny_trunk_cfg
 

@@ -1,0 +1,264 @@
+"""GroundingDetector: fused FIBER trunk + FPN, DyHead grounding head, ATSS losses, inference.
+
+Detectron2's contract: `list[dict]` in (see the data contract in the mapper), training returns
+`{"loss_*": scalar}`, inference `[{"instances": Instances}]` in original image coordinates
+with `pred_boxes`, `scores` and `pred_classes` (the prompts' `labels`).
+
+Box convention: the head works in the original's "+1" geometry (box_coder.py). Here, and only
+here, incoming `gt_boxes` become x2 - 1, y2 - 1 (as the original's COCO loader did) and the
+post-processor returns x2 + 1, y2 + 1, so detectron2's COCO/LVIS evaluators measure what the
+original's evaluator measured.
+
+A vocabulary split into k prompt chunks is run as one batch: the trunk's text-independent
+image prefix is computed once per image and repeated for the k chunks (image-major).
+
+The backbone is any detectron2 Backbone with the `TextConditionedBackbone` interface below
+(fiber_det's `FiberFPNBackbone` is the registered one).
+"""
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import ImageList, Instances
+from torch import nn
+
+from fiber_det.modeling.grounding.anchors import GridAnchors
+from fiber_det.modeling.grounding.atss import ATSSMatcher
+from fiber_det.modeling.grounding.box_coder import BoxCoder, continuous_to_plus_one
+from fiber_det.modeling.grounding.head import HeadOutputs, build_grounding_head
+from fiber_det.modeling.grounding.inference import GroundingPostProcessor
+from fiber_det.modeling.grounding.losses import GroundingLoss
+from fiber_det.modeling.text_padding import pad_texts
+
+
+@runtime_checkable
+class TextConditionedBackbone(Protocol):
+    """What the detector needs of its backbone besides detectron2's `output_shape()`.
+
+    `forward(images (B, 3, H, W), input_ids (k*B, L), attention_mask (k*B, L))` returns an
+    object with `features` ({name: (k*B, C, h, w)}) and `text` (`embedded` (k*B, L, D));
+    `encode_image_prefix(images)` / `forward_from_prefix(prefix, input_ids, attention_mask)`
+    split that forward at the first text-dependent block, so k prompts reuse one prefix.
+    """
+
+    size_divisibility: int
+    text_hidden_size: int  # D of the text features (the head's projection input)
+    text_pad_token_id: int  # prompts are padded with it
+
+    def output_shape(self): ...
+
+    def encode_image_prefix(self, images): ...
+
+    def forward_from_prefix(self, prefix, input_ids, attention_mask=None): ...
+
+
+def pad_columns(positive_map: torch.Tensor, length: int) -> torch.Tensor:
+    """(K, L') binary map -> (K, length) with zero columns for padded tokens."""
+    if positive_map.shape[1] > length:
+        raise ValueError(f"positive map has {positive_map.shape[1]} columns for {length} tokens")
+    return nn.functional.pad(positive_map.float(), (0, length - positive_map.shape[1]))
+
+
+def check_inputs(batched_inputs: list[dict], training: bool) -> None:
+    """Raise a ValueError naming the missing field of the data contract, if any."""
+    required = ("image", "prompts", "instances") if training else ("image", "prompts")
+    for index, x in enumerate(batched_inputs):
+        missing = [key for key in required if key not in x]
+        if missing or not x["prompts"]:
+            raise ValueError(
+                f"input {index} ({x.get('file_name', 'no file_name')}) lacks {missing or 'prompts'}"
+                ": GroundingDetector expects GroundingDatasetMapper's dicts"
+            )
+        if training and not x["instances"].has("gt_positive_map"):
+            raise ValueError(f"input {index}: instances need gt_positive_map (N, L)")
+
+
+@META_ARCH_REGISTRY.register()
+class GroundingDetector(nn.Module):
+    """Boxes from text: every location scored against every prompt token (FIBER / GLIP)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        head: nn.Module,
+        anchor_generator: GridAnchors,
+        loss: GroundingLoss,
+        postprocessor: GroundingPostProcessor,
+        in_features: list[str],
+        pixel_mean: list[float],
+        pixel_std: list[float],
+        prompts_per_pass: int = 0,
+    ):
+        super().__init__()
+        if not isinstance(backbone, TextConditionedBackbone):
+            raise TypeError(
+                f"{type(backbone).__name__} lacks the TextConditionedBackbone interface the "
+                "grounding detector needs (text_hidden_size, text_pad_token_id, prefix reuse)"
+            )
+        self.backbone = backbone
+        self.head = head
+        self.anchor_generator = anchor_generator
+        self.loss = loss
+        self.postprocessor = postprocessor
+        self.in_features = in_features
+        self.prompts_per_pass = prompts_per_pass
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        backbone = build_backbone(cfg)
+        grounding = cfg.MODEL.GROUNDING
+        shapes = backbone.output_shape()
+        missing = [f for f in grounding.IN_FEATURES if f not in shapes]
+        if missing:
+            raise ValueError(
+                f"MODEL.GROUNDING.IN_FEATURES {missing} not in backbone {list(shapes)}"
+            )
+        in_shapes = [shapes[f] for f in grounding.IN_FEATURES]
+        box_coder = BoxCoder()
+        return {
+            "backbone": backbone,
+            "head": build_grounding_head(cfg, in_shapes, backbone.text_hidden_size),
+            "anchor_generator": GridAnchors(grounding.ANCHOR_SIZES, [s.stride for s in in_shapes]),
+            "loss": GroundingLoss(
+                ATSSMatcher(grounding.ATSS_TOPK),
+                box_coder,
+                grounding.FOCAL_ALPHA,
+                grounding.FOCAL_GAMMA,
+                grounding.REG_LOSS_WEIGHT,
+            ),
+            "postprocessor": GroundingPostProcessor(
+                box_coder,
+                grounding.SCORE_THRESH_TEST,
+                grounding.PRE_NMS_TOPK_TEST,
+                grounding.NMS_THRESH_TEST,
+                cfg.TEST.DETECTIONS_PER_IMAGE,
+            ),
+            "in_features": list(grounding.IN_FEATURES),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "prompts_per_pass": grounding.PROMPTS_PER_PASS,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
+        """Normalise and pad (to the backbone's size divisibility) -> ImageList (B, 3, H, W)."""
+        images = [
+            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
+        ]
+        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+
+    def _text_tensors(self, prompts: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded input_ids and attention_mask (P, L) on the model's device."""
+        text = pad_texts(prompts, self.backbone.text_pad_token_id)
+        return text["input_ids"].to(self.device), text["attention_mask"].to(self.device)
+
+    def _head(self, backbone_output) -> tuple[HeadOutputs, list[torch.Tensor]]:
+        """Head outputs on the backbone's features and text, and the anchors of every level."""
+        features = [backbone_output.features[f] for f in self.in_features]
+        head_outputs = self.head(features, backbone_output.text.embedded)
+        sizes = [tuple(f.shape[-2:]) for f in features]
+        return head_outputs, self.anchor_generator(sizes, self.device)
+
+    def forward(self, batched_inputs: list[dict]):
+        """Training: dict of losses. Inference: [{"instances": Instances}] per image."""
+        check_inputs(batched_inputs, self.training)
+        if not self.training:
+            return self.inference(batched_inputs)
+        images = self.preprocess_image(batched_inputs)
+        if any(len(x["prompts"]) != 1 for x in batched_inputs):
+            raise ValueError("training expects exactly one prompt per image in 'prompts'")
+        input_ids, attention_mask = self._text_tensors([x["prompts"][0] for x in batched_inputs])
+        outputs, anchors = self._head(self.backbone(images.tensor, input_ids, attention_mask))
+        return self.losses(outputs, anchors, batched_inputs, attention_mask)
+
+    def losses(self, outputs: HeadOutputs, anchors, batched_inputs, attention_mask) -> dict:
+        """ATSS targets and the three losses; gt boxes converted to the head's "+1" geometry."""
+        length = attention_mask.shape[1]
+        gt_boxes, gt_maps = [], []
+        for x in batched_inputs:
+            instances = x["instances"].to(self.device)
+            gt_boxes.append(continuous_to_plus_one(instances.gt_boxes.tensor))
+            gt_maps.append(pad_columns(instances.gt_positive_map, length))
+        return self.loss(outputs, anchors, gt_boxes, gt_maps, attention_mask)
+
+    def padded_size(self, image: torch.Tensor) -> tuple[int, int]:
+        """(H, W) of `image` (3, H, W) once padded to the backbone's size divisibility."""
+        divisor = max(self.backbone.size_divisibility, 1)
+        return tuple(-(-size // divisor) * divisor for size in image.shape[-2:])
+
+    def inference(self, batched_inputs: list[dict]) -> list[dict]:
+        """[{"instances": Instances}] per input, in original image coordinates.
+
+        Images are run in groups of equal padded size: the trunk attends over padded pixels and
+        the DyHead pools globally (as the original, whose released weights expect it), so a
+        mixed-size batch would otherwise depend on its composition. Results therefore equal
+        batch-1 results whatever the batch.
+        """
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, x in enumerate(batched_inputs):
+            groups.setdefault(self.padded_size(x["image"]), []).append(index)
+        results: list[dict] = [{} for _ in batched_inputs]
+        for indices in groups.values():
+            outputs = self._inference_same_size([batched_inputs[i] for i in indices])
+            for index, output in zip(indices, outputs):
+                results[index] = output
+        return results
+
+    def _inference_same_size(self, batched_inputs: list[dict]) -> list[dict]:
+        """The image prefix once, then the prompt chunks `prompts_per_pass` at a time (all of
+        them by default) as one batch; per-chunk detections are concatenated, each chunk capped
+        at TEST.DETECTIONS_PER_IMAGE like the original's separate chunked runs."""
+        images = self.preprocess_image(batched_inputs)
+        prefix = self.backbone.encode_image_prefix(images.tensor)
+        per_image = max(len(x["prompts"]) for x in batched_inputs)
+        step = self.prompts_per_pass or per_image
+        detections: list[list[Instances]] = [[] for _ in batched_inputs]
+        for first in range(0, per_image, step):
+            ks = range(first, min(first + step, per_image))
+            # Images with fewer prompts repeat their last one; the duplicates are not decoded.
+            prompts = [
+                x["prompts"][min(k, len(x["prompts"]) - 1)] for x in batched_inputs for k in ks
+            ]
+            output = self.backbone.forward_from_prefix(prefix, *self._text_tensors(prompts))
+            outputs, anchors = self._head(output)
+            for index, x in enumerate(batched_inputs):
+                for offset, k in enumerate(ks):
+                    if k < len(x["prompts"]):
+                        row = index * len(ks) + offset
+                        size = images.image_sizes[index]
+                        detections[index].append(
+                            self._decode(outputs, anchors, row, x["prompts"][k], size)
+                        )
+        results = []
+        for x, chunks, size in zip(batched_inputs, detections, images.image_sizes):
+            merged = Instances.cat(chunks)
+            height, width = x.get("height", size[0]), x.get("width", size[1])
+            results.append({"instances": detector_postprocess(merged, height, width)})
+        return results
+
+    def _decode(
+        self, outputs: HeadOutputs, anchors, row: int, prompt: dict, image_size
+    ) -> Instances:
+        """Detections of batch row `row` for `prompt`; pred_classes = prompt["labels"][k]."""
+        length = outputs.token_logits[0].shape[-1]
+        positive_map = pad_columns(prompt["positive_map"], length).to(self.device)
+        instances = self.postprocessor(
+            [b[row].permute(1, 2, 0).reshape(-1, 4) for b in outputs.box_regression],
+            [c[row].reshape(-1) for c in outputs.centerness],
+            [t[row] for t in outputs.token_logits],
+            anchors,
+            positive_map,
+            image_size,
+        )
+        instances.pred_classes = prompt["labels"].to(self.device)[instances.pred_classes]
+        return instances

@@ -1,0 +1,66 @@
+"""The CPU deformable conv (grid_sample) equals torchvision's deform_conv2d, gradients too."""
+
+import pytest
+import torch
+from torchvision.ops import deform_conv2d
+
+from fiber_det.modeling.grounding import deform_conv
+from fiber_det.modeling.grounding.deform_conv import modulated_deform_conv2d, sampling_grid
+
+
+def _inputs(size: tuple[int, int], stride: int, offset_scale: float, integer: bool = False):
+    generator = torch.Generator().manual_seed(0)
+    height, width = size
+    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    offset = rand(2, 18, out_h, out_w) * offset_scale
+    if integer:  # taps landing exactly on pixels and on the borders -1 and H
+        offset = offset.round()
+    mask = torch.rand(2, 9, out_h, out_w, generator=generator, dtype=torch.float64)
+    tensors = (rand(2, 3, height, width), offset, rand(4, 3, 3, 3), rand(4), mask)
+    return [t.requires_grad_() for t in tensors]
+
+
+@pytest.mark.parametrize(
+    "size, stride, offset_scale, integer",
+    [
+        ((7, 9), 1, 2.0, False),
+        ((8, 6), 2, 3.0, False),
+        ((5, 5), 1, 2.0, True),
+        ((1, 1), 1, 1.0, False),
+    ],
+)
+def test_sampling_equals_torchvision_values_and_gradients(
+    size, stride, offset_scale, integer, monkeypatch
+):
+    x, offset, weight, bias, mask = _inputs(size, stride, offset_scale, integer)
+    expected = deform_conv2d(x, offset, weight, bias, stride, 1, mask=mask)
+    monkeypatch.setattr(deform_conv, "torchvision_deform_conv2d", None)  # CPU: never called
+    actual = modulated_deform_conv2d(x, offset, weight, bias, stride, 1, mask)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
+    if integer:
+        return  # on a pixel the derivative has a kink; the two take different one-sided ones
+    upstream = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, (x, offset, weight, bias, mask), upstream)
+    actual_grads = torch.autograd.grad(actual, (x, offset, weight, bias, mask), upstream)
+    for got, want in zip(actual_grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_grid_of_zero_offsets_hand_values():
+    # input 2 x 4, stride 1, padding 1: output (0, 0), tap (0, 0) samples pixel (-1, -1)
+    grid = sampling_grid(torch.zeros(1, 18, 2, 4), (3, 3), 1, 1, (2, 4))
+    assert grid.shape == (1, 9 * 2, 4, 2)
+    # x: (2 * -1 + 1) / 4 - 1 = -1.25, y: (2 * -1 + 1) / 2 - 1 = -1.5
+    torch.testing.assert_close(grid[0, 0, 0], torch.tensor([-1.25, -1.5]))
+    # tap 4 (the centre) of output (1, 3) samples pixel (1, 3): x 7 / 4 - 1, y 3 / 2 - 1
+    torch.testing.assert_close(grid[0, 4 * 2 + 1, 3], torch.tensor([0.75, 0.5]))
+
+
+def test_offset_of_the_wrong_size_names_the_expected_shape():
+    x, offset, weight, bias, mask = _inputs((7, 9), 1, 1.0)
+    with pytest.raises(ValueError, match=r"needs offset \(B, 18, 7, 9\).*got \(2, 18, 4, 5\)"):
+        modulated_deform_conv2d(x, offset[..., :4, :5], weight, bias, 1, 1, mask[..., :4, :5])
