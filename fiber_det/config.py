@@ -28,8 +28,11 @@ def _add_trunk_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.SWIN.FREEZE_AT = 0  # 0 none, 1 patch embedding, k: also stages 1..k-1
     cfg.MODEL.FIBER.SWIN.WEIGHTS = ""  # Swin checkpoint file (microsoft or timm layout) or ""
     cfg.MODEL.FIBER.TEXT = CN()
-    # transformers RoBERTa directory (or hub name): its config.json sets the sizes below and its
-    # weights initialise the text tower; "" = random init with the sizes below (roberta-base)
+    # "roberta" (FIBER's text tower) or "bert" (BERT-family: GLIP's text tower, MiniLM; absolute
+    # position ids, no padding row); the layers and their parameter names are the same
+    cfg.MODEL.FIBER.TEXT.ARCHITECTURE = "roberta"
+    # transformers directory (or hub name) of that architecture: its config.json sets the sizes
+    # below and its weights initialise the text tower; "" = random init with the sizes below
     cfg.MODEL.FIBER.TEXT.WEIGHTS = ""
     cfg.MODEL.FIBER.TEXT.VOCAB_SIZE = 50265  # token vocabulary
     cfg.MODEL.FIBER.TEXT.HIDDEN_SIZE = 768  # text width D
@@ -41,6 +44,8 @@ def _add_trunk_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.TEXT.LAYER_NORM_EPS = 1e-5  # LayerNorm eps of the text tower
     cfg.MODEL.FIBER.TEXT.PAD_TOKEN_ID = 1  # <pad> id (position ids skip it)
     cfg.MODEL.FIBER.TEXT.DROPOUT = 0.1  # hidden and attention dropout of the text tower
+    # 0 none, 1 the embeddings, k: also layers 1..k-1 (no gradient, no backward through them)
+    cfg.MODEL.FIBER.TEXT.FREEZE_AT = 0
     cfg.MODEL.FIBER.FUSION = CN()
     cfg.MODEL.FIBER.FUSION.ENABLED = True  # False: always two independent encoders
     # K: the last K Swin blocks pair with the last K text layers (FIBER-B: 6 = 4 + 2)

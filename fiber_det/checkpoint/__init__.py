@@ -35,10 +35,10 @@ from fiber_det.checkpoint.rename import (
     strip_prefix,
 )
 from fiber_det.checkpoint.unimodal import (
-    convert_roberta_state_dict,
     convert_swin_checkpoint,
-    load_roberta_weights,
+    convert_text_state_dict,
     load_swin_weights,
+    load_text_weights,
 )
 from fiber_det.checkpoint.verify import LoadCheck, check_against_model, conversion_errors
 
@@ -61,13 +61,13 @@ __all__ = [
     "convert_fine_head",
     "convert_fine_trunk",
     "convert_official",
-    "convert_roberta_state_dict",
+    "convert_text_state_dict",
     "convert_swin_checkpoint",
     "detect_official_format",
     "interpolate_relative_position_bias",
     "layout_error",
     "load_official_state_dict",
-    "load_roberta_weights",
+    "load_text_weights",
     "load_swin_weights",
     "official_source_names",
     "rename_state_dict",

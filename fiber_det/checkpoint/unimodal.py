@@ -3,7 +3,8 @@
 - Swin: a classification checkpoint in microsoft/Swin-Transformer's format (e.g.
   swin_base_patch4_window12_384_22k.pth) or timm's, relative position tables resampled to
   the configured window.
-- RoBERTa: a transformers directory (`save_pretrained` layout) or, with network, a hub name.
+- RoBERTa / BERT: a transformers directory (`save_pretrained` layout) or, with network, a hub
+  name.
 
 The fusion modules (and output norms the classifier lacks) stay at their initialisation; any
 other missing, unexpected or mis-shaped key is an error that names the file.
@@ -21,7 +22,7 @@ from fiber_det.checkpoint.rename import ConversionResult, DropRule, RenameRule, 
 # Module-name fragments a unimodal checkpoint cannot provide.
 SWIN_NEW_MODULES = (".i2t.", "stage_norms.", "final_norm.")
 
-ROBERTA_NEW_MODULES = (".t2i.",)
+TEXT_NEW_MODULES = (".t2i.",)
 
 SWIN_DROPS = TRUNK_BUFFER_DROPS + [
     DropRule(r"head\.", "the ImageNet classifier, unused by the trunk"),
@@ -53,20 +54,23 @@ def convert_swin_checkpoint(
     return result
 
 
-ROBERTA_RULES = [
-    RenameRule(r"(?:roberta\.)?encoder\.layer\.(\d+)\.", r"layers.\1."),
-    RenameRule(r"(?:roberta\.)?embeddings\.", "embeddings."),
+# RobertaModel / BertModel keys, or the masked-LM models' (under `roberta.` / `bert.`)
+TEXT_RULES = [
+    RenameRule(r"(?:roberta\.|bert\.)?encoder\.layer\.(\d+)\.", r"layers.\1."),
+    RenameRule(r"(?:roberta\.|bert\.)?embeddings\.", "embeddings."),
 ]
 
-ROBERTA_DROPS = TRUNK_BUFFER_DROPS + [
-    DropRule(r"(roberta\.)?pooler\.", "the pooler is unused (FIBER builds RoBERTa without it)"),
-    DropRule(r"lm_head\.", "the masked-LM head is not part of the trunk"),
-]
+TEXT_DROPS = TRUNK_BUFFER_DROPS + [
+    DropRule(r"(roberta\.|bert\.)?pooler\.", "the pooler is unused (FIBER builds the text tower "
+             "without it)"),
+    DropRule(r"(lm_head|cls)\.", "the masked-LM head is not part of the trunk"),
+]  # fmt: skip
 
 
-def convert_roberta_state_dict(state_dict: dict[str, torch.Tensor]) -> ConversionResult:
-    """A transformers RoBERTa state dict (RobertaModel or RobertaForMaskedLM) -> FusedRoberta."""
-    return rename_state_dict(state_dict, ROBERTA_RULES, ROBERTA_DROPS)
+def convert_text_state_dict(state_dict: dict[str, torch.Tensor]) -> ConversionResult:
+    """A transformers RoBERTa or BERT state dict (the base model or its masked-LM model) ->
+    FusedRoberta / FusedBert."""
+    return rename_state_dict(state_dict, TEXT_RULES, TEXT_DROPS)
 
 
 def load_converted(
@@ -104,10 +108,11 @@ def load_swin_weights(swin: nn.Module, path: str) -> list[str]:
     return load_converted(swin, result, SWIN_NEW_MODULES, path)
 
 
-def load_roberta_weights(roberta: nn.Module, name_or_dir: str) -> list[str]:
-    """Load RoBERTa weights (transformers directory or hub name) into a FusedRoberta."""
-    from transformers import RobertaModel
+def load_text_weights(text_tower: nn.Module, name_or_dir: str) -> list[str]:
+    """Load RoBERTa / BERT weights (a transformers directory, or a hub name with network) into
+    a FusedRoberta / FusedBert; returns the keys left at init (the fusion modules)."""
+    from transformers import AutoModel
 
-    pretrained = RobertaModel.from_pretrained(name_or_dir, add_pooling_layer=False)
-    result = convert_roberta_state_dict(pretrained.state_dict())
-    return load_converted(roberta, result, ROBERTA_NEW_MODULES, name_or_dir)
+    pretrained = AutoModel.from_pretrained(name_or_dir)  # its pooler is dropped by TEXT_DROPS
+    result = convert_text_state_dict(pretrained.state_dict())
+    return load_converted(text_tower, result, TEXT_NEW_MODULES, name_or_dir)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import torch
 from detectron2.config import configurable
 from torch import nn
-from transformers import RobertaConfig
+from transformers import AutoConfig, BertConfig, PretrainedConfig, RobertaConfig
 
-from fiber_det.checkpoint.unimodal import load_roberta_weights, load_swin_weights
+from fiber_det.checkpoint.unimodal import load_swin_weights, load_text_weights
 from fiber_det.modeling.backbone.fusion import extended_attention_bias
-from fiber_det.modeling.backbone.roberta import FusedRoberta
+from fiber_det.modeling.backbone.roberta import FusedBert, FusedRoberta
 from fiber_det.modeling.backbone.swin import FusedSwin
 
 
@@ -130,12 +130,14 @@ class FiberTrunk(nn.Module):
         fused_dims = [
             swin.dims[stage] for stage, _ in swin.block_ids[swin.num_blocks - num_fused :]
         ]
-        roberta = FusedRoberta(text_config, fused_dims, fiber.USE_SDPA, fiber.USE_CHECKPOINT)
+        text_tower = TEXT_TOWERS[fiber.TEXT.ARCHITECTURE][1]
+        roberta = text_tower(text_config, fused_dims, fiber.USE_SDPA, fiber.USE_CHECKPOINT)
         if fiber.SWIN.WEIGHTS:
             load_swin_weights(swin, fiber.SWIN.WEIGHTS)
         if fiber.TEXT.WEIGHTS:
-            load_roberta_weights(roberta, fiber.TEXT.WEIGHTS)
+            load_text_weights(roberta, fiber.TEXT.WEIGHTS)
         swin.freeze(fiber.SWIN.FREEZE_AT)
+        roberta.freeze(fiber.TEXT.FREEZE_AT)
         return {
             "image_backbone": swin,
             "text_backbone": roberta,
@@ -352,11 +354,27 @@ class FiberTrunk(nn.Module):
         return attention_mask
 
 
-def build_text_config(text_cfg) -> RobertaConfig:
-    """RobertaConfig from MODEL.FIBER.TEXT: a local directory's config.json, else the sizes."""
+TEXT_TOWERS = {"roberta": (RobertaConfig, FusedRoberta), "bert": (BertConfig, FusedBert)}
+
+
+def build_text_config(text_cfg) -> PretrainedConfig:
+    """The text tower's transformers config from MODEL.FIBER.TEXT: a local directory's
+    config.json (its model_type must be TEXT.ARCHITECTURE), else the sizes."""
+    architecture = text_cfg.ARCHITECTURE
+    if architecture not in TEXT_TOWERS:
+        raise ValueError(
+            f"MODEL.FIBER.TEXT.ARCHITECTURE {architecture!r}: expected one of {list(TEXT_TOWERS)}"
+        )
     if text_cfg.WEIGHTS:
-        return RobertaConfig.from_pretrained(text_cfg.WEIGHTS)
-    return RobertaConfig(
+        config = AutoConfig.from_pretrained(text_cfg.WEIGHTS)
+        if config.model_type != architecture:
+            raise ValueError(
+                f"MODEL.FIBER.TEXT.WEIGHTS {text_cfg.WEIGHTS} holds a '{config.model_type}' "
+                f"model but MODEL.FIBER.TEXT.ARCHITECTURE is '{architecture}'"
+            )
+        return config
+    config_class = TEXT_TOWERS[architecture][0]
+    return config_class(
         vocab_size=text_cfg.VOCAB_SIZE,
         hidden_size=text_cfg.HIDDEN_SIZE,
         num_hidden_layers=text_cfg.NUM_LAYERS,

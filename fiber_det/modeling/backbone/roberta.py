@@ -77,6 +77,14 @@ def roberta_position_ids(
     return (real.cumsum(dim=1) + past_length) * real + pad_token_id
 
 
+def bert_position_ids(input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:
+    """BERT's absolute position ids (B, L): past_length, past_length + 1, ... for every token,
+    padding included (the attention mask hides padding)."""
+    length = input_ids.shape[1]
+    positions = torch.arange(past_length, past_length + length, device=input_ids.device)
+    return positions.expand_as(input_ids)
+
+
 class FusedRobertaLayer(nn.Module):
     """One RoBERTa encoder layer; with `image_dim` it also carries the gated `t2i` attention."""
 
@@ -175,6 +183,7 @@ class FusedRobertaLayer(nn.Module):
 
 class FusedRoberta(nn.Module):
     """RoBERTa embeddings + layers (no pooler); the last `len(fused_image_dims)` layers fuse.
+    `FusedBert` is the BERT-family variant (GLIP's text tower).
 
     Args:
         config: a transformers RobertaConfig (sizes, activation, dropout, pad id, LayerNorm eps).
@@ -202,11 +211,20 @@ class FusedRoberta(nn.Module):
         self.use_checkpoint = use_checkpoint
         self.first_fused = num_layers - len(fused_image_dims)
         image_dims = [None] * self.first_fused + list(fused_image_dims)
-        self.embeddings = TextEmbeddings(config, position_padding_idx=config.pad_token_id)
+        self.embeddings = TextEmbeddings(config, self.position_padding_idx(config))
         self.layers = nn.ModuleList(
             [FusedRobertaLayer(config, dim, use_sdpa) for dim in image_dims]
         )
         self.apply(self._init_like_transformers)
+
+    @staticmethod
+    def position_padding_idx(config: PretrainedConfig) -> int | None:
+        """The position row padded tokens use (kept at zero): RoBERTa's pad id."""
+        return config.pad_token_id
+
+    def position_ids(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:
+        """(B, L) position ids of (B, L) ids after `past_length` decoded tokens."""
+        return roberta_position_ids(input_ids, self.pad_token_id, past_length)
 
     def _init_like_transformers(self, module: nn.Module) -> None:
         """RobertaPreTrainedModel's init (normal(0, initializer_range), zero bias, unit LayerNorm),
@@ -227,21 +245,34 @@ class FusedRoberta(nn.Module):
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
+    def freeze(self, freeze_at: int) -> None:
+        """Freeze the embeddings (freeze_at >= 1) and layers 1..freeze_at-1, as SWIN.FREEZE_AT
+        does for the image tower. The fused layers' cross-attention stays trainable."""
+        if freeze_at - 1 > self.first_fused:
+            raise ValueError(
+                f"MODEL.FIBER.TEXT.FREEZE_AT {freeze_at} would freeze fused layers: at most "
+                f"{self.first_fused + 1} (the first fused layer is layer {self.first_fused + 1})"
+            )
+        modules = [self.embeddings] if freeze_at >= 1 else []
+        modules += list(self.layers[: max(freeze_at - 1, 0)])
+        for module in modules:
+            module.requires_grad_(False)
+
     @property
     def pad_token_id(self) -> int:
         return self.config.pad_token_id
 
     def embed(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:
-        """(B, L) ids -> (B, L, D); position ids start at pad_id + 1 and skip padding.
+        """(B, L) ids -> (B, L, D) with the tower's position ids (`position_ids`).
 
-        `past_length`: tokens already decoded before these (incremental decoding; their
-        positions continue after the past ones, padding stays at the pad position)."""
+        `past_length`: tokens already decoded before these (incremental decoding: their
+        positions continue after the past ones)."""
         if input_ids.max() >= self.config.vocab_size or input_ids.min() < 0:
             raise ValueError(
                 f"input_ids hold values outside [0, {self.config.vocab_size}): "
                 f"min {int(input_ids.min())}, max {int(input_ids.max())}"
             )
-        positions = roberta_position_ids(input_ids, self.pad_token_id, past_length)
+        positions = self.position_ids(input_ids, past_length)
         if positions.max() >= self.config.max_position_embeddings:
             raise ValueError(
                 f"input_ids of length {past_length + input_ids.shape[1]} exceed the text "
@@ -317,3 +348,15 @@ class FusedRoberta(nn.Module):
                 hidden, key_value = layer.decode(*inputs)
             new_cache.append(key_value)
         return hidden, new_cache
+
+
+class FusedBert(FusedRoberta):
+    """A BERT-family text tower (BERT, MiniLM; GLIP's text tower is BERT): the same layers and
+    parameter names as RoBERTa's, absolute position ids from 0 (no padding row), token type 0."""
+
+    @staticmethod
+    def position_padding_idx(config: PretrainedConfig) -> int | None:
+        return None
+
+    def position_ids(self, input_ids: torch.Tensor, past_length: int = 0) -> torch.Tensor:
+        return bert_position_ids(input_ids, past_length)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import RobertaConfig, RobertaModel
 
-from fiber_det.checkpoint import convert_roberta_state_dict
+from fiber_det.checkpoint import convert_text_state_dict
 from fiber_det.modeling.backbone.fusion import extended_attention_bias
 from fiber_det.modeling.backbone.roberta import FusedRoberta, roberta_position_ids
 from tests.modeling.backbone.tiny import random_text
@@ -28,7 +28,7 @@ def _run(text: FusedRoberta, ids, mask, image=None):
 def test_unfused_text_equals_transformers(use_sdpa):
     reference = RobertaModel(CONFIG, add_pooling_layer=False).eval()
     text = FusedRoberta(CONFIG, [48, 48], use_sdpa=use_sdpa).eval()
-    converted = convert_roberta_state_dict(reference.state_dict())
+    converted = convert_text_state_dict(reference.state_dict())
     missing, unexpected = text.load_state_dict(converted.state_dict, strict=False)
     assert not unexpected and all(".t2i." in k for k in missing)
     ids, mask = random_text(3, 12, [12, 7, 4])
