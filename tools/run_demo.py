@@ -42,6 +42,23 @@ QUICKSTART_PREFIX = "quickstart"
 # for the overall ETA; the ETA is rescaled by the pace actually observed.
 SECONDS_PER = {"image": 0.03, "coarse_iter": 2.0, "fine_iter": 0.55, "test_pass": 0.1}
 TARGETS = {"seen_AP50": 90.0, "heldout_AP50": 50.0, "grounding_R@1": 80.0, "refcoco_P@1": 80.0}
+# The text tower: all-MiniLM-L6-v2 (pretrained BERT-family, unpacked by tools/install_env.sh; the
+# quickstart configs' default) or FIBER's RoBERTa layout at toy width from random init, with a
+# byte-level BPE tokenizer trained on the world's corpus.
+MINILM_DIR = REPO / "weights" / "all-MiniLM-L6-v2"
+RANDOM_TEXT_TOWER = {
+    "MODEL.FIBER.TEXT.ARCHITECTURE": "roberta",
+    "MODEL.FIBER.TEXT.WEIGHTS": "",
+    "MODEL.FIBER.TEXT.VOCAB_SIZE": 400,
+    "MODEL.FIBER.TEXT.HIDDEN_SIZE": 64,
+    "MODEL.FIBER.TEXT.NUM_LAYERS": 3,
+    "MODEL.FIBER.TEXT.NUM_HEADS": 2,
+    "MODEL.FIBER.TEXT.INTERMEDIATE_SIZE": 128,
+    "MODEL.FIBER.TEXT.MAX_POSITION_EMBEDDINGS": 130,
+    "MODEL.FIBER.TEXT.DROPOUT": 0.0,
+    "MODEL.FIBER.TEXT.FREEZE_AT": 0,
+}
+RANDOM_TEXT_LR = {"SOLVER.LANG_LR": 2e-3}  # fine stage: the tower learns from scratch
 
 
 def load_tool(name: str):
@@ -168,13 +185,41 @@ def coarse_trunk_for_detector(coarse_checkpoint: Path, fine_cfg, out: Path) -> t
     return out, len(result.state_dict)
 
 
-def train_fine(cfg) -> tuple[torch.nn.Module, list[tuple[int, float]]]:
-    """Fine-grained training through tools/train_net.py's Trainer; returns (model, loss curve)."""
-    seed_all_rng(cfg.SEED)
-    trainer = load_tool("train_net").Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    return trainer.model.eval(), loss_history(trainer)
+def train_fine(cfgs: list) -> tuple[torch.nn.Module, list[tuple[int, float]]]:
+    """Fine-grained training through tools/train_net.py's Trainer, one run per phase, each
+    phase starting from the previous one's final weights; returns (model, loss curve)."""
+    curve, weights = [], None
+    for cfg in cfgs:
+        if weights:
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.MODEL.WEIGHTS = str(weights)
+            cfg.freeze()
+        seed_all_rng(cfg.SEED)
+        trainer = load_tool("train_net").Trainer(cfg)
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+        curve += [(len(curve) + it, loss) for it, loss in loss_history(trainer)]
+        weights = Path(cfg.OUTPUT_DIR) / "model_final.pth"
+    return trainer.model.eval(), curve
+
+
+def fine_phases(args, prefix: str, tokenizer: Path, out: Path, opts: list[str]) -> list:
+    """The fine stage's configs: detection data alone for `--detection-share` of the iterations
+    (the strongest signal: every object of every image named, all classes in the prompt), then
+    the whole mix of the config (detection, grounding captions, referring expressions)."""
+    config = build_cfg(Path(args.config), prefix, tokenizer, out / "grounding", opts)
+    total = config.SOLVER.MAX_ITER
+    first = round(total * args.detection_share)
+    if first == 0:
+        return [config]
+    detection = f'("{prefix}_train",)'
+    phase_one = [*opts, *_iteration_opts(first, decay=False), "DATASETS.TRAIN", detection]
+    phase_two = [*opts, *_iteration_opts(total - first)]
+    return [
+        build_cfg(Path(args.config), prefix, tokenizer, out / "grounding" / "detection", phase_one),
+        build_cfg(Path(args.config), prefix, tokenizer, out / "grounding", phase_two),
+    ]
 
 
 def summarize(results: dict, prefix: str) -> dict:
@@ -190,80 +235,29 @@ def summarize(results: dict, prefix: str) -> dict:
     }
 
 
-def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
-    """One panel per stage: raw total loss and its 20-iteration moving average, log y axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curves = {name: points for name, points in curves.items() if points}
-    figure, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
-    for axis, (name, points) in zip(axes[0], curves.items(), strict=True):
-        iters, losses = zip(*points, strict=True)
-        window = torch.ones(min(20, len(losses))) / min(20, len(losses))
-        smooth = torch.nn.functional.conv1d(
-            torch.tensor(losses)[None, None], window[None, None]
-        ).flatten()
-        axis.plot(iters, losses, alpha=0.35, label="total loss")
-        axis.plot(iters[len(iters) - len(smooth) :], smooth.tolist(), label="moving average")
-        axis.set(title=f"{name} stage", xlabel="iteration", ylabel="loss (log scale)")
-        axis.set_yscale("log")  # the first steps' losses are far above the rest
-        axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-
-
-def best_label_per_object(found: list[dict], iou: float = 0.5) -> list[dict]:
-    """Detections (best first) minus those overlapping a better one by IoU > `iou` whatever
-    their class: one box and its top label per object, for pictures."""
-    from torchvision.ops import nms
-
-    if not found:
-        return found
-    boxes = torch.tensor([d["box"] for d in found], dtype=torch.float32)
-    scores = torch.tensor([d["score"] for d in found], dtype=torch.float32)
-    return [found[i] for i in nms(boxes, scores, iou).tolist()]
-
-
-def draw_grid(cfg, model, prefix: str, path: Path, per_row: int = 4, tile: int = 320) -> None:
-    """Test images (seen-class prompt, top row) and held-out images (held-out prompt, bottom
-    row) with the predicted boxes (score >= 0.3), each object with its top-scoring phrase,
-    tiled into one PNG."""
-    import cv2
-    import numpy as np
-
-    from fiber_det.predictor import GroundingPredictor
-
-    demo = load_tool("demo")
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = ""  # the trained `model` replaces the freshly built one
-    predictor = GroundingPredictor(cfg)
-    predictor.model = model
-    rows = []
-    for split in ("test", "heldout"):
-        names = MetadataCatalog.get(f"{prefix}_{split}").thing_classes
-        tiles = []
-        for record in DatasetCatalog.get(f"{prefix}_{split}")[:per_row]:
-            image = cv2.imread(record["file_name"], cv2.IMREAD_COLOR)
-            found = best_label_per_object(demo.detections(predictor(image, names=names), 0.3))
-            scale = np.array([tile / image.shape[1], tile / image.shape[0]] * 2)
-            for item in found:
-                item["box"] = (np.array(item["box"]) * scale).tolist()
-            tiles.append(demo.draw(cv2.resize(image, (tile, tile)), found))
-        rows.append(np.concatenate(tiles, axis=1))
-    cv2.imwrite(str(path), np.concatenate(rows, axis=0)[:, :, ::-1])
-
-
 def choose_threads(requested: int) -> int:
-    """`requested`, or (0) the cores left idle by the current load, at least 1. Two threads
-    competing with other jobs for two cores run the tiny model several times slower than one."""
-    if requested > 0:
-        return requested
-    cores = os.cpu_count() or 1
-    return max(1, min(cores, cores - round(os.getloadavg()[0])))
+    """`requested`, or (0) every core: a brief load when the demo starts must not halve its
+    budget (it did when the choice followed the load average)."""
+    return requested if requested > 0 else os.cpu_count() or 1
+
+
+def text_tower(kind: str, tokenizer_dir: Path) -> tuple[list[str], list[str], Path]:
+    """(fine config overrides, coarse config overrides, tokenizer directory) of --text-tower."""
+    if kind == "minilm":
+        if not (MINILM_DIR / "model.safetensors").is_file():
+            raise FileNotFoundError(
+                f"{MINILM_DIR} is missing: run tools/install_env.sh (make demo does), or pass "
+                "--text-tower random"
+            )
+        opts = [
+            "MODEL.FIBER.TEXT.ARCHITECTURE",
+            "bert",
+            "MODEL.FIBER.TEXT.WEIGHTS",
+            str(MINILM_DIR),
+        ]
+        return opts, opts, MINILM_DIR
+    opts = [str(v) for item in RANDOM_TEXT_TOWER.items() for v in item]
+    return opts + [str(v) for item in RANDOM_TEXT_LR.items() for v in item], opts, tokenizer_dir
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -279,16 +273,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--coarse-iters", type=int, default=None, help="default: its config")
     parser.add_argument("--fine-iters", type=int, default=None, help="default: its config")
     parser.add_argument("--skip-coarse", action="store_true", help="fine stage from scratch")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: idle cores)")
+    parser.add_argument(
+        "--detection-share",
+        type=float,
+        default=0.75,
+        help="share of the fine iterations on detection data alone, before the whole mix",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    parser.add_argument(
+        "--text-tower",
+        choices=("minilm", "random"),
+        default="minilm",
+        help="pretrained all-MiniLM-L6-v2 (weights/, from install_env.sh) or a toy RoBERTa "
+        "from random init with a BPE tokenizer trained on the world",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="fine config overrides KEY VALUE")
     return parser.parse_args(argv)
 
 
-def _iteration_opts(iters: int | None) -> list[str]:
-    """SOLVER overrides for a run of `iters` iterations (lr steps at 75 % and 90 %)."""
+def _iteration_opts(iters: int | None, decay: bool = True) -> list[str]:
+    """SOLVER overrides for a run of `iters` iterations (lr steps at 75 % and 90 %, or none)."""
     if iters is None:
         return []
-    steps = f"({int(iters * 0.75)}, {int(iters * 0.9)})"
+    steps = f"({int(iters * 0.75)}, {int(iters * 0.9)})" if decay else "()"
     warmup = str(min(50, max(iters // 10, 1)))
     return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", warmup]
 
@@ -299,10 +306,11 @@ def run(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(choose_threads(args.threads))
     print(f"[quickstart] {torch.get_num_threads()} torch thread(s), load {os.getloadavg()[0]:.1f}")
-    prefix, tokenizer = world_prefix(data_dir), out / "tokenizer"
-    fine_opts = ["SEED", str(args.seed), *_iteration_opts(args.fine_iters), *args.opts]
+    prefix = world_prefix(data_dir)
+    fine_text, coarse_text, tokenizer = text_tower(args.text_tower, out / "tokenizer")
+    fine_opts = ["SEED", str(args.seed), *fine_text, *_iteration_opts(args.fine_iters), *args.opts]
     fine_cfg = build_cfg(Path(args.config), prefix, tokenizer, out / "grounding", fine_opts)
-    coarse_opts = ["SEED", str(args.seed), *_iteration_opts(args.coarse_iters)]
+    coarse_opts = ["SEED", str(args.seed), *coarse_text, *_iteration_opts(args.coarse_iters)]
     coarse_cfg = build_cfg(Path(args.coarse_config), prefix, tokenizer, out / "coarse", coarse_opts)
     sizes = {"train": args.train_images, "val": 20, "test": args.test_images}
     world = SyntheticConfig(seed=args.seed, split_sizes=sizes | {"heldout": args.test_images})
@@ -326,7 +334,9 @@ def run(args: argparse.Namespace) -> dict:
         return value
 
     step("data", make_data, data_dir, world)
-    step("tokenizer", make_tokenizer, data_dir, tokenizer, fine_cfg.MODEL.FIBER.TEXT.VOCAB_SIZE)
+    if args.text_tower == "random":
+        vocab_size = fine_cfg.MODEL.FIBER.TEXT.VOCAB_SIZE
+        step("tokenizer", make_tokenizer, data_dir, tokenizer, vocab_size)
     curves = {}
     if not args.skip_coarse:
         checkpoint, curves["coarse"] = step("coarse", train_coarse, coarse_cfg)
@@ -335,23 +345,27 @@ def run(args: argparse.Namespace) -> dict:
         )
         print(f"[quickstart] {count} trunk tensors of the coarse stage initialise the detector")
         fine_opts += ["MODEL.WEIGHTS", str(weights)]
-        fine_cfg = build_cfg(Path(args.config), prefix, tokenizer, out / "grounding", fine_opts)
-    model, curves["fine-grained"] = step("fine", train_fine, fine_cfg)
+    phases = fine_phases(args, prefix, tokenizer, out, fine_opts)
+    model, curves["fine-grained"] = step("fine", train_fine, phases)
+    fine_cfg = phases[-1]
     results = step("evaluation", load_tool("train_net").evaluate, fine_cfg, model)
-    step("pictures", make_pictures, fine_cfg, model, prefix, curves, out)
+    step("pictures", make_pictures, fine_cfg, model, prefix, curves, out, args.seed)
     run_info = {
         "coarse_stage": "skipped (--skip-coarse)" if args.skip_coarse else "ran",
-        "iterations": {"coarse": coarse_iters, "fine": fine_cfg.SOLVER.MAX_ITER},
+        "iterations": {"coarse": coarse_iters, "fine": [c.SOLVER.MAX_ITER for c in phases]},
         "torch_threads": torch.get_num_threads(),
         "seconds": timings,
     }
     return write_report(out, summarize(results, prefix), results, curves, run_info)
 
 
-def make_pictures(cfg, model, prefix: str, curves: dict, out: Path) -> None:
-    """OUT/loss_curve.png and OUT/test_grid.png."""
-    plot_losses(curves, out / "loss_curve.png")
-    draw_grid(cfg, model, prefix, out / "test_grid.png")
+def make_pictures(cfg, model, prefix: str, curves: dict, out: Path, seed: int) -> None:
+    """OUT/loss_curve.png, OUT/test_grid.png and OUT/zero_shot.png."""
+    pictures = load_tool("quickstart_pictures")
+    pictures.plot_losses(curves, out / "loss_curve.png")
+    predictor = pictures.trained_predictor(cfg, model)
+    pictures.draw_grid(predictor, prefix, out / "test_grid.png")
+    pictures.draw_zero_shot(predictor, out / "zero_shot.png", seed=1000 + seed)
 
 
 def write_report(out: Path, metrics: dict, results: dict, curves: dict, run_info: dict) -> dict:

@@ -21,8 +21,8 @@ CI_FINE_ITERS = 240
 BEYOND_CHANCE = {"seen_AP50": 2.0, "grounding_R@1": 20.0, "refcoco_P@1": 10.0}
 
 
-def _run_demo():
-    spec = importlib.util.spec_from_file_location("run_demo", REPO_ROOT / "tools" / "run_demo.py")
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -33,7 +33,7 @@ def quickstart(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quickstart")
     argv = ["--out", str(tmp / "out"), "--data-dir", str(tmp / "data"), *CI_ARGS]
     argv += ["--fine-iters", str(CI_FINE_ITERS), "DATALOADER.NUM_WORKERS", "0"]
-    return tmp, _run_demo().main(argv)
+    return tmp, _tool("run_demo").main(argv)
 
 
 def test_learns_beyond_chance(quickstart):
@@ -76,6 +76,6 @@ def test_best_label_per_object_keeps_the_top_phrase_of_each_object():
         {"box": [20, 20, 30, 30], "score": 0.5, "label": "blue cross"},
         {"box": [0, 0, 10, 5], "score": 0.4, "label": "red star"},  # IoU 0.5: not above, kept
     ]
-    best_label_per_object = _run_demo().best_label_per_object
+    best_label_per_object = _tool("quickstart_pictures").best_label_per_object
     assert [d["score"] for d in best_label_per_object(found)] == [0.9, 0.5, 0.4]
     assert best_label_per_object([]) == []
