@@ -5,7 +5,8 @@ Steps: generate the synthetic grounding world -> train a byte-level BPE tokenize
 -> coarse stage (ITC + ITM + MLM, short) -> fine-grained grounding training (tools/train_net.py's
 Trainer, trunk initialised from the coarse stage) -> evaluation with the real evaluators (COCO AP
 on seen classes and on the held-out colour-shape combinations, Flickr-style Recall@1,
-RefCOCO-style P@1) -> OUT/metrics.json, OUT/loss_curve.png and OUT/test_grid.png.
+RefCOCO-style P@1) -> OUT/metrics.json, OUT/loss_curve.png, OUT/test_grid.png and the saved
+model OUT/model (config.yaml + model.safetensors + tokenizer; `make serve` serves it).
 
     python tools/run_demo.py [--out output/quickstart] [--seed N] [--fine-iters N] [--skip-coarse]
                              [--threads N] [KEY VALUE ...]   (overrides of the fine config)
@@ -237,11 +238,7 @@ def draw_grid(cfg, model, prefix: str, path: Path, per_row: int = 4, tile: int =
     from fiber_det.predictor import GroundingPredictor
 
     demo = load_tool("demo")
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = ""  # the trained `model` replaces the freshly built one
-    predictor = GroundingPredictor(cfg)
-    predictor.model = model
+    predictor = GroundingPredictor(cfg, model=model)
     rows = []
     for split in ("test", "heldout"):
         names = MetadataCatalog.get(f"{prefix}_{split}").thing_classes
@@ -349,9 +346,14 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def make_pictures(cfg, model, prefix: str, curves: dict, out: Path) -> None:
-    """OUT/loss_curve.png and OUT/test_grid.png."""
+    """OUT/loss_curve.png, OUT/test_grid.png and the saved model OUT/model (what `make serve`
+    and `tools/demo.py --model` load)."""
+    from fiber_det.predictor import GroundingPredictor
+
     plot_losses(curves, out / "loss_curve.png")
     draw_grid(cfg, model, prefix, out / "test_grid.png")
+    GroundingPredictor(cfg, model=model).save_pretrained(out / "model")
+    print(f"[quickstart] saved model -> {out / 'model'} (serve it: make serve)")
 
 
 def write_report(out: Path, metrics: dict, results: dict, curves: dict, run_info: dict) -> dict:
