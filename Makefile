@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install lock lint format test test-latest demo clean-venv
+.PHONY: install lock lint format test test-latest demo serve clean-venv
 
 install:
 	@bash tools/install_env.sh
@@ -31,6 +31,13 @@ test-latest:
 
 demo: install
 	$(PY) tools/run_demo.py
+
+# The web demo (Gradio) of the model `make demo` saved: open http://127.0.0.1:7860 (Ctrl-C stops).
+SERVE_MODEL ?= output/quickstart/model
+serve: install
+	@test -f $(SERVE_MODEL)/config.yaml || \
+		{ echo "no saved model in $(SERVE_MODEL): run make demo first"; exit 1; }
+	$(PY) tools/serve.py --model $(SERVE_MODEL)
 
 clean-venv:
 	rm -rf $(VENV) .venv-latest

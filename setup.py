@@ -22,9 +22,12 @@ setup(
         "numpy>=1.24,<2",
         "matplotlib>=3.7,<4",
         "pycocoevalcap>=1.2,<2",
+        "safetensors>=0.4.3,<1",
+        "huggingface-hub>=1.0,<3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "ruff>=0.6,<1"],
+        "test": ["pytest>=8,<10", "ruff>=0.6,<1", "selenium>=4.20,<5"],
         "coarse": ["pyarrow>=14,<20"],
+        "serve": ["gradio>=6,<7"],
     },
 )

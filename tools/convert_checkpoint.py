@@ -23,40 +23,24 @@ import sys
 from pathlib import Path
 
 import torch
-from detectron2.modeling import build_model
 
 from fiber_det.checkpoint import (
     OFFICIAL_EMA_KEY,
     OFFICIAL_FORMATS,
     ConversionResult,
     LoadCheck,
-    check_against_model,
-    conversion_errors,
-    convert_official,
     detect_official_format,
     load_official_state_dict,
-    official_source_names,
     save_converted_checkpoint,
 )
 from fiber_det.config import get_fiber_cfg
+from fiber_det.conversion import convert_and_check, is_trunk_only
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = {
     "fine": REPO_ROOT / "configs" / "fine_grained" / "fiber_b.yaml",
     "coarse": REPO_ROOT / "configs" / "coarse_grained" / "pretrain_mlm_itm_itc.yaml",
     "coarse-trunk": REPO_ROOT / "configs" / "fine_grained" / "fiber_b.yaml",
-}
-# model state the checkpoint does not carry: the coarse model's ITC feature queue starts empty
-# (the original pops its queue buffers on load too); a coarse trunk has no FPN, head or
-# per-stage norms
-MAY_LACK = {
-    "fine": [],
-    "coarse": [r"queue\."],
-    "coarse-trunk": [
-        r"backbone\.fpn\.",
-        r"head\.",
-        r"backbone\.trunk\.image_backbone\.stage_norms\.",
-    ],
 }
 
 
@@ -95,38 +79,6 @@ def load_config(args: argparse.Namespace, kind: str):
     cfg.merge_from_file(str(args.config or DEFAULT_CONFIGS[kind]))
     cfg.merge_from_list(args.opts)
     return cfg
-
-
-def model_shapes(cfg) -> dict[str, tuple]:
-    """{state_dict key: shape} of the model `cfg` builds, built on the meta device."""
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.DEVICE = "meta"
-    with torch.device("meta"):
-        model = build_model(cfg)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def convert_and_check(
-    state_dict: dict[str, torch.Tensor], kind: str, cfg, allow_missing: list[str] = ()
-) -> tuple[ConversionResult, LoadCheck, list[str]]:
-    """Rename `state_dict` (official format `kind`) and compare it with cfg's model; the last
-    item lists one error line per offending key (empty when the result loads strictly).
-    Model keys matching a regex of `allow_missing` may be absent from the checkpoint."""
-    fiber = cfg.MODEL.FIBER
-    layout = {
-        "first_fused_layer": fiber.TEXT.NUM_LAYERS - fiber.FUSION.NUM_LAYERS,
-        "query_norm": fiber.FUSION.QUERY_NORM,
-    }
-    window_size = fiber.SWIN.WINDOW_SIZE if kind == "coarse" else None
-    result = convert_official(state_dict, kind, window_size, **layout)
-    shapes = model_shapes(cfg)
-    trunk_only = kind == "fine" and not any(k.startswith("rpn.") for k in state_dict)
-    if trunk_only:
-        shapes = {k: v for k, v in shapes.items() if k.startswith("backbone.")}
-    check = check_against_model(result.state_dict, shapes, MAY_LACK[kind] + list(allow_missing))
-    sources = official_source_names(list(state_dict), kind, **layout)
-    return result, check, conversion_errors(result, check, sources)
 
 
 def print_report(result: ConversionResult, check: LoadCheck) -> None:
@@ -184,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--verify runs the grounding detector: fine-grained checkpoints only")
     cfg = load_config(args, kind)
     result, check, errors = convert_and_check(state_dict, kind, cfg, args.allow_missing)
-    trunk_only = kind == "fine" and not any(k.startswith("rpn.") for k in state_dict)
-    scope = ", trunk only: checked against the backbone" if trunk_only else ""
+    scope = ", trunk only: checked against the backbone" if is_trunk_only(state_dict, kind) else ""
     print(f"{args.input}: format '{kind}', {len(state_dict)} tensors{scope}")
     print_report(result, check)
     if errors:

@@ -1,15 +1,21 @@
 #!/usr/bin/env python
-"""Ground a text prompt in images with any fiber_det grounding config and weights.
+"""Ground a text prompt in images with a saved fiber_det model or any grounding config + weights.
 
-    python tools/demo.py --config-file configs/quickstart/grounding_tiny.yaml \
-        --weights output/quickstart/grounding/model_final.pth \
+    python tools/demo.py --model output/quickstart/model \
         --input img1.jpg img2.png some_folder/ --prompt "red square. blue circle." \
-        --output demo_out/ [--score-thresh 0.3] [KEY VALUE ...]
+        --output demo_out/ [--score-thresh 0.3]
+    python tools/demo.py --model desco-fiber-base --input photo.jpg --prompt "cat. remote." ...
+    python tools/demo.py --config-file configs/quickstart/grounding_tiny.yaml \
+        --weights output/quickstart/grounding/model_final.pth ... [KEY VALUE ...]
 
-A prompt with periods is a class list ("cat. remote control.": one label per class, GLIP's
-detection prompt); a prompt without periods is a sentence, grounded as a whole or, with
-`--phrases "red square" "blue circle"`, phrase by phrase (each phrase must occur in it).
-Writes one annotated PNG per image (detectron2's Visualizer) and `predictions.json`:
+--model takes a saved-model directory (GroundingPredictor.save_pretrained), a Hugging Face Hub
+repository holding one, an official FIBER-layout detector checkpoint (converted once and
+cached), or the alias desco-fiber-base. Without --model, --config-file and weights (--weights or
+MODEL.WEIGHTS) are needed; --random-weights runs a randomly initialised model instead (its
+detections mean nothing). A prompt with periods is a class list ("cat. remote control.": one
+label per class, GLIP's detection prompt); a prompt without periods is a sentence, grounded as a
+whole or, with `--phrases "red square" "blue circle"`, phrase by phrase (each phrase must occur
+in it). Writes one annotated PNG per image (detectron2's Visualizer) and `predictions.json`:
 {"prompt", "labels", "score_thresh", "images": [{"file_name", "output", "height", "width",
 "detections": [{"box": [x1, y1, x2, y2], "score", "label", "class_id"}]}]}, boxes in the
 original image's pixels.
@@ -32,8 +38,16 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", required=True, help="a fiber_det grounding config")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="saved-model dir, hub repo id or desco-fiber-base")
+    source.add_argument("--config-file", help="a fiber_det grounding config (with --weights)")
     parser.add_argument("--weights", default="", help="checkpoint (default: cfg MODEL.WEIGHTS)")
+    parser.add_argument("--filename", help="with --model REPO_ID: an official checkpoint in it")
+    parser.add_argument("--tokenizer", help="with --model: tokenizer dir for official checkpoints")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="no weights: a random model (for testing)"
+    )
+    parser.add_argument("--device", help="cpu, cuda, ... (default: the config's, else cpu)")
     parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
     parser.add_argument("--prompt", required=True, help='"cat. remote control." or a sentence')
     parser.add_argument("--phrases", nargs="*", default=None, help="phrases of a sentence prompt")
@@ -83,19 +97,33 @@ def parse_prompt(
     return None, text, spans
 
 
-def build_predictor(config_file: str, weights: str, opts: list[str]) -> GroundingPredictor:
-    """A GroundingPredictor from a config file (+ overrides); CPU when CUDA is absent."""
+def build_predictor(args: argparse.Namespace) -> GroundingPredictor:
+    """A GroundingPredictor from --model, or from --config-file (+ overrides) and weights; CPU
+    when CUDA is absent."""
+    if args.model:
+        if args.opts or args.weights:
+            raise ValueError("--model carries its config and weights: drop --weights / KEY VALUE")
+        return GroundingPredictor.from_pretrained(
+            args.model, args.filename, tokenizer=args.tokenizer, device=args.device
+        )
     cfg = get_fiber_cfg()
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    if weights:
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"--weights {weights}: no such file")
-        cfg.MODEL.WEIGHTS = weights
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if args.weights:
+        if not Path(args.weights).is_file():
+            raise FileNotFoundError(f"--weights {args.weights}: no such file")
+        cfg.MODEL.WEIGHTS = args.weights
+    if not cfg.MODEL.WEIGHTS and not args.random_weights:
+        raise ValueError(
+            "no weights: give --weights (or MODEL.WEIGHTS), use --model, or pass "
+            "--random-weights to run a randomly initialised model"
+        )
+    if args.device:
+        cfg.MODEL.DEVICE = args.device
+    elif cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
-    return GroundingPredictor(cfg)
+    return GroundingPredictor(cfg, allow_random_weights=args.random_weights)
 
 
 def detections(result: GroundingResult, score_thresh: float) -> list[dict]:
@@ -128,7 +156,7 @@ def run(args: argparse.Namespace) -> dict:
     """Predict, draw and write every image; returns the JSON document written."""
     names, caption, spans = parse_prompt(args.prompt, args.phrases)
     images = list_images(args.input)
-    predictor = build_predictor(args.config_file, args.weights, args.opts)
+    predictor = build_predictor(args)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     document = {"prompt": args.prompt, "score_thresh": args.score_thresh, "images": []}
@@ -155,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     try:
         return run(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, NotADirectoryError, TypeError, ValueError) as exc:
         sys.exit(f"demo: {exc}")
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from fiber_det.predictor import GroundingPredictor
 from fiber_det.quickstart import SyntheticConfig, build_world
 from fiber_det.quickstart.render import render_scene
 
@@ -23,16 +22,6 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def trained_predictor(cfg, model) -> GroundingPredictor:
-    """A GroundingPredictor around the freshly trained `model` (no weights file read)."""
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = ""
-    predictor = GroundingPredictor(cfg)
-    predictor.model = model.eval()
-    return predictor
 
 
 def plot_losses(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:

@@ -5,7 +5,8 @@ Steps: generate the synthetic grounding world -> train a byte-level BPE tokenize
 -> coarse stage (ITC + ITM + MLM, short) -> fine-grained grounding training (tools/train_net.py's
 Trainer, trunk initialised from the coarse stage) -> evaluation with the real evaluators (COCO AP
 on seen classes and on the held-out colour-shape combinations, Flickr-style Recall@1,
-RefCOCO-style P@1) -> OUT/metrics.json, OUT/loss_curve.png and OUT/test_grid.png.
+RefCOCO-style P@1) -> OUT/metrics.json, OUT/loss_curve.png, OUT/test_grid.png and the saved
+model OUT/model (config.yaml + model.safetensors + tokenizer; `make serve` serves it).
 
     python tools/run_demo.py [--out output/quickstart] [--seed N] [--fine-iters N] [--skip-coarse]
                              [--threads N] [KEY VALUE ...]   (overrides of the fine config)
@@ -30,6 +31,7 @@ from detectron2.utils.logger import setup_logger
 import fiber_det  # noqa: F401  (registers datasets and model parts)
 from fiber_det.checkpoint import load_official_state_dict, save_converted_checkpoint
 from fiber_det.config import get_fiber_cfg
+from fiber_det.conversion import convert_and_check
 from fiber_det.data.tokenizer import train_byte_level_bpe
 from fiber_det.quickstart import SyntheticConfig, generate_synthetic_dataset
 from fiber_det.quickstart.register import DEFAULT_PREFIX, register_synthetic_world
@@ -174,11 +176,10 @@ def train_coarse(cfg) -> tuple[Path, list[tuple[int, float]]]:
 
 def coarse_trunk_for_detector(coarse_checkpoint: Path, fine_cfg, out: Path) -> tuple[Path, int]:
     """The coarse model's trunk as the detector's initial weights, through the converter's own
-    path (tools/convert_checkpoint.py --format coarse-trunk): renamed, checked against the
-    detector, coarse-only tensors dropped with their reason. Returns (path, tensors written)."""
-    convert = load_tool("convert_checkpoint")
+    path (what tools/convert_checkpoint.py --format coarse-trunk runs): renamed, checked against
+    the detector, coarse-only tensors dropped with their reason. Returns (path, tensors written)."""
     state_dict = load_official_state_dict(str(coarse_checkpoint))
-    result, _, errors = convert.convert_and_check(state_dict, "coarse-trunk", fine_cfg)
+    result, _, errors = convert_and_check(state_dict, "coarse-trunk", fine_cfg)
     if errors:
         raise ValueError(f"{coarse_checkpoint}: cannot initialise the detector: {errors[:5]}")
     save_converted_checkpoint(result.state_dict, str(out), source=str(coarse_checkpoint))
@@ -360,12 +361,17 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def make_pictures(cfg, model, prefix: str, curves: dict, out: Path, seed: int) -> None:
-    """OUT/loss_curve.png, OUT/test_grid.png and OUT/zero_shot.png."""
+    """OUT/loss_curve.png, OUT/test_grid.png, OUT/zero_shot.png and the saved model OUT/model
+    (what `make serve` and `tools/demo.py --model` load)."""
+    from fiber_det.predictor import GroundingPredictor
+
     pictures = load_tool("quickstart_pictures")
     pictures.plot_losses(curves, out / "loss_curve.png")
-    predictor = pictures.trained_predictor(cfg, model)
+    predictor = GroundingPredictor(cfg, model=model)
     pictures.draw_grid(predictor, prefix, out / "test_grid.png")
     pictures.draw_zero_shot(predictor, out / "zero_shot.png", seed=1000 + seed)
+    predictor.save_pretrained(out / "model")
+    print(f"[quickstart] saved model -> {out / 'model'} (serve it: make serve)")
 
 
 def write_report(out: Path, metrics: dict, results: dict, curves: dict, run_info: dict) -> dict:

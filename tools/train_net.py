@@ -1,11 +1,14 @@
 #!/usr/bin/env python
 """Train or evaluate the FIBER grounding detector with detectron2's DefaultTrainer.
 
-    python tools/train_net.py --config-file configs/... [--eval-only] [KEY VALUE ...]
+    python tools/train_net.py --config-file configs/... [--eval-only] [--save-pretrained DIR] \
+        [KEY VALUE ...]
 
 Evaluation picks its protocol from each test set's `evaluator_type` (COCO / LVIS + Fixed AP /
 ODinW / Flickr30k Entities / RefCOCO*); with ODinW test sets the per-dataset AP table and the
-ODinW average are written beside the other results.
+ODinW average are written beside the other results. --save-pretrained DIR writes the final
+model as a saved-model directory (config.yaml, model.safetensors, tokenizer), which
+`GroundingPredictor.from_pretrained(DIR)`, `tools/demo.py --model DIR` and `tools/serve.py` load.
 """
 
 import os
@@ -13,13 +16,16 @@ from collections import OrderedDict
 
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import default_argument_parser, launch
+from detectron2.utils import comm
 
 import fiber_det  # noqa: F401  (registers datasets and model parts)
 from fiber_det.data.datasets.catalog import check_dataset_name, get_tagged_dataset_dicts
 from fiber_det.data.grounding_mapper import GroundingDatasetMapper
+from fiber_det.data.tokenizer import build_tokenizer
 from fiber_det.engine import FiberTrainer, load_weights, setup_cfg
 from fiber_det.evaluation.build import build_fiber_evaluator
 from fiber_det.evaluation.odinw import summarize_odinw
+from fiber_det.pretrained import save_pretrained
 
 
 class Trainer(FiberTrainer):
@@ -56,19 +62,43 @@ def evaluate(cfg, model) -> OrderedDict:
     return results
 
 
+def save_model_directory(cfg, model, directory: str) -> None:
+    """The model as a saved-model directory (main process only)."""
+    if comm.is_main_process():
+        save_pretrained(directory, model, cfg, build_tokenizer(cfg.INPUT.TEXT.TOKENIZER))
+        print(f"saved the model to {directory} (GroundingPredictor.from_pretrained)")
+
+
 def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         load_weights(cfg, model, args.resume)
-        return evaluate(cfg, model)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+        results = evaluate(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+        model = trainer.model
+    if args.save_pretrained:
+        save_model_directory(cfg, model, args.save_pretrained)
+    return results
+
+
+def argument_parser():
+    """detectron2's argument parser plus --save-pretrained."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--save-pretrained",
+        metavar="DIR",
+        default="",
+        help="after training (or --eval-only): write the model to DIR as a saved-model directory",
+    )
+    return parser
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = argument_parser().parse_args()
     launch(
         main,
         args.num_gpus,

@@ -1,14 +1,25 @@
 """Checkpoints. Conversion of other layouts is explicit and offline (tools/convert_checkpoint.py):
 pure rename tables (`rename`, `official`, `unimodal`) and file reading (`files`); the
-checkpointer (`FiberCheckpointer`) loads fiber_det files only and saves atomically."""
+checkpointer (`FiberCheckpointer`) loads fiber_det files only and saves atomically; inference
+reads weights without unpickling and loads them strictly (`model_weights`)."""
 
-from fiber_det.checkpoint.atomic import AtomicWriteFile, atomic_torch_save
+from fiber_det.checkpoint.atomic import (
+    AtomicWriteFile,
+    atomic_save_safetensors,
+    atomic_torch_save,
+)
 from fiber_det.checkpoint.checkpointer import FiberCheckpointer, layout_error
 from fiber_det.checkpoint.files import (
     OFFICIAL_EMA_KEY,
     load_official_state_dict,
     save_converted_checkpoint,
+    torch_load_on_cpu,
     unwrap_official_checkpoint,
+)
+from fiber_det.checkpoint.model_weights import (
+    load_weights_strictly,
+    read_model_weights,
+    weight_errors,
 )
 from fiber_det.checkpoint.official import (
     OFFICIAL_FORMATS,
@@ -52,6 +63,7 @@ __all__ = [
     "FiberCheckpointer",
     "LoadCheck",
     "RenameRule",
+    "atomic_save_safetensors",
     "atomic_torch_save",
     "check_against_model",
     "conversion_errors",
@@ -66,14 +78,18 @@ __all__ = [
     "detect_official_format",
     "interpolate_relative_position_bias",
     "layout_error",
+    "load_weights_strictly",
     "load_official_state_dict",
     "load_text_weights",
     "load_swin_weights",
     "official_source_names",
+    "read_model_weights",
     "rename_state_dict",
     "resample_position_tables",
     "save_converted_checkpoint",
     "strip_prefix",
+    "torch_load_on_cpu",
     "trunk_rename_rules",
     "unwrap_official_checkpoint",
+    "weight_errors",
 ]

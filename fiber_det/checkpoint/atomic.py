@@ -6,6 +6,7 @@ import os
 import tempfile
 
 import torch
+from safetensors.torch import save_file
 
 TEMPORARY_PREFIX = ".saving-"
 
@@ -81,3 +82,11 @@ def atomic_torch_save(data: dict, path: str) -> None:
     """torch.save(data, path), atomically (see `AtomicWriteFile`)."""
     with AtomicWriteFile(path, "wb") as handle:
         torch.save(data, handle)
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None
+) -> None:
+    """safetensors.torch.save_file(tensors, path), atomically (see `AtomicWriteFile`)."""
+    with AtomicWriteFile(path, "wb") as handle:
+        save_file(tensors, handle.temporary, metadata)

@@ -1,6 +1,7 @@
 """Checkpoint files: reading official FIBER files and writing converted ones atomically."""
 
 import pickle
+import zipfile
 
 import torch
 
@@ -19,20 +20,39 @@ def load_official_state_dict(
     maskrcnn_benchmark `{"model": ...}` (its EMA copy `model_ema` when `ema`), Lightning
     `{"state_dict": ...}`, a trunk-only `{"state_dict": ...}` or a bare state dict.
     `allow_pickle` unpickles arbitrary objects (only for files you trust)."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"checkpoint not found: {path}") from error
-    except pickle.UnpicklingError as error:
-        lines = str(error).splitlines() or [""]
-        detail = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
-        raise ValueError(
-            f"{path}: holds objects other than tensors and plain types; pass allow_pickle=True "
-            f"(--allow-pickle) if you trust the file ({detail})"
-        ) from error
+    hint = "pass allow_pickle=True (--allow-pickle) if you trust the file"
+    checkpoint = torch_load_on_cpu(path, allow_pickle, hint)
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: expected a dict, got {type(checkpoint).__name__}")
     return unwrap_official_checkpoint(checkpoint, path, ema)
+
+
+def torch_load_on_cpu(path: str, allow_pickle: bool = False, pickle_hint: str = "") -> object:
+    """torch.load onto the CPU; tensors and plain containers only unless `allow_pickle`. A
+    missing, empty, truncated or foreign file and one holding other objects are errors naming
+    `path` (`pickle_hint` says what to do about the latter)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"checkpoint not found: {path}") from error
+    except pickle.UnpicklingError as error:
+        lines = str(error).splitlines()
+        detail = next((line.strip() for line in lines if "global" in line.lower()), None)
+        if detail is None:
+            raise _unreadable(path, error) from error
+        raise ValueError(
+            f"{path}: holds objects other than tensors and plain types; {pickle_hint} ({detail})"
+        ) from error
+    except (EOFError, KeyError, RuntimeError, zipfile.BadZipFile) as error:
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: str, error: Exception) -> ValueError:
+    first_line = (str(error).splitlines() or [""])[0]
+    return ValueError(
+        f"{path}: not a readable PyTorch checkpoint (empty, truncated or another kind of file; "
+        f"{type(error).__name__}: {first_line})"
+    )
 
 
 def unwrap_official_checkpoint(

@@ -98,3 +98,28 @@ def test_demo_reports_missing_weights(demo_setup):
     argv += ["--input", str(tmp / "images"), "--prompt", "red.", "--output", str(tmp / "x")]
     with pytest.raises(SystemExit, match="missing.pth: no such file"):
         _demo().main(argv)
+
+
+def test_demo_runs_a_saved_model_directory_like_its_config_and_weights(demo_setup):
+    tmp, cfg = demo_setup
+    cfg = cfg.clone()
+    cfg.MODEL.WEIGHTS = str(tmp / "model.pth")
+    GroundingPredictor(cfg).save_pretrained(tmp / "saved")
+    common = ["--input", str(tmp / "images"), "--prompt", "red. blue.", "--score-thresh", "0"]
+    from_dir = _demo().main(["--model", str(tmp / "saved"), "--output", str(tmp / "a"), *common])
+    argv = ["--config-file", str(tmp / "tiny.yaml"), "--weights", str(tmp / "model.pth")]
+    from_files = _demo().main([*argv, "--output", str(tmp / "b"), *common])
+    assert [i["detections"] for i in from_dir["images"]] == [
+        i["detections"] for i in from_files["images"]
+    ]
+    assert len(from_dir["images"][0]["detections"]) == 5
+
+
+def test_demo_refuses_to_run_without_weights_unless_asked(demo_setup, caplog):
+    tmp, _ = demo_setup
+    argv = ["--config-file", str(tmp / "tiny.yaml"), "--input", str(tmp / "images")]
+    argv += ["--prompt", "red.", "--output", str(tmp / "random")]
+    with pytest.raises(SystemExit, match="no weights: give --weights"):
+        _demo().main(argv)
+    document = _demo().main([*argv, "--random-weights"])
+    assert len(document["images"]) == 2 and "RANDOM WEIGHTS" in caplog.text

@@ -8,6 +8,8 @@ import cv2
 import pytest
 import torch
 
+from fiber_det.checkpoint import read_model_weights
+from fiber_det.predictor import GroundingPredictor
 from tests.conftest import REPO_ROOT
 
 # CI-sized run: a small world, a 2-iteration coarse stage (wiring only), 240 fine iterations
@@ -56,7 +58,18 @@ def test_writes_metrics_and_pictures(quickstart):
     grid = cv2.imread(str(out / "test_grid.png"))
     assert curve is not None and curve.shape[1] > curve.shape[0]
     assert grid.shape == (2 * 320, 4 * 320, 3)
-    assert (out / "tokenizer" / "tokenizer_config.json").is_file()
+    assert (out / "zero_shot.png").is_file()
+
+
+def test_saves_the_final_model_for_make_serve(quickstart):
+    tmp, _ = quickstart
+    saved = read_model_weights(tmp / "out" / "model" / "model.safetensors")
+    final = read_model_weights(tmp / "out" / "grounding" / "model_final.pth")  # weights_only
+    assert saved.keys() == final.keys()
+    assert all(torch.equal(saved[key], final[key]) for key in final)
+    predictor = GroundingPredictor.from_pretrained(str(tmp / "out" / "model"))
+    image = cv2.imread(str(sorted((tmp / "data" / "images" / "test").iterdir())[0]))
+    assert predictor(image, names=["red circle"]).labels  # loads strictly and detects
 
 
 def test_coarse_trunk_initialises_the_detector(quickstart):

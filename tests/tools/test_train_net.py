@@ -9,12 +9,15 @@ from detectron2.data import DatasetCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 
+from fiber_det.checkpoint import read_model_weights
 from fiber_det.config import get_fiber_cfg
 from fiber_det.data.datasets.detection import register_detection_dataset
 from fiber_det.data.datasets.grounding import register_grounding_dataset
 from fiber_det.evaluation.build import build_fiber_evaluator
 from fiber_det.evaluation.flickr import FlickrRecallEvaluator
+from fiber_det.predictor import GroundingPredictor
 from tests.data.formats import coco_json, flickr_json
+from tests.modeling.grounding.tiny_detector import tiny_grounding_cfg
 
 TRAIN_NET = Path(__file__).resolve().parents[2] / "tools" / "train_net.py"
 
@@ -112,3 +115,25 @@ def test_evaluator_choice_and_unknown_name(tmp_path, tiny_tokenizer_dir, odinw_p
         build_fiber_evaluator(cfg, "test_train_net_train_only", str(tmp_path))
     with pytest.raises(KeyError, match="unknown dataset name 'odinw_nope_test'"):
         _train_net().Trainer.build_test_loader(cfg, "odinw_nope_test")
+
+
+def test_training_writes_a_saved_model_directory(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
+    train_net = _train_net()
+    cfg = tiny_grounding_cfg(len(tiny_tokenizer))
+    boxes = [[(0, [4, 4, 20, 16])], [(0, [30, 10, 12, 30])]]
+    json_file = coco_json(tmp_path / "fish.json", tmp_path / "images", ["fish"], boxes)
+    register_detection_dataset("test_save_pretrained", str(json_file), str(tmp_path / "images"))
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("test_save_pretrained",), ()
+    cfg.INPUT.TEXT.TOKENIZER = str(tiny_tokenizer_dir)
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.DATALOADER.NUM_WORKERS = (64,), 0
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.WARMUP_ITERS = 2, 2, 1
+    cfg.OUTPUT_DIR = str(tmp_path / "train")
+    (tmp_path / "tiny.yaml").write_text(cfg.dump())
+    argv = ["--config-file", str(tmp_path / "tiny.yaml"), "--save-pretrained", str(tmp_path / "m")]
+    train_net.main(train_net.argument_parser().parse_args(argv))
+    saved = read_model_weights(tmp_path / "m" / "model.safetensors")
+    final = read_model_weights(tmp_path / "train" / "model_final.pth")
+    assert saved.keys() == final.keys()
+    assert all(torch.equal(saved[key], final[key]) for key in final)
+    predictor = GroundingPredictor.from_pretrained(str(tmp_path / "m"))
+    assert predictor.cfg.DATASETS.TRAIN == ("test_save_pretrained",)  # the full merged config
