@@ -27,7 +27,7 @@ CONFIG_HEADER = (
     "# fiber_det saved model: MODEL.WEIGHTS and INPUT.TEXT.TOKENIZER are relative to this\n"
     "# folder; load it with GroundingPredictor.from_pretrained(<folder>)\n"
 )
-# MODEL.FIBER.TEXT keys -> transformers RobertaConfig attributes (sizes made explicit on save)
+# MODEL.FIBER.TEXT keys -> text tower config attributes (RoBERTa or BERT; sizes explicit on save)
 TEXT_SIZE_KEYS = {
     "VOCAB_SIZE": "vocab_size",
     "HIDDEN_SIZE": "hidden_size",

@@ -207,16 +207,28 @@ def train_fine(cfgs: list) -> tuple[torch.nn.Module, list[tuple[int, float]]]:
 
 def fine_phases(args, prefix: str, tokenizer: Path, out: Path, opts: list[str]) -> list:
     """The fine stage's configs: detection data alone for `--detection-share` of the iterations
-    (the strongest signal: every object of every image named, all classes in the prompt), then
-    the whole mix of the config (detection, grounding captions, referring expressions)."""
+    with the config's whole schedule (warm-up, lr steps at 75 % and 90 %), where every object
+    of every image is named and every class is in the prompt (the strongest signal), then the
+    whole mix of the config (detection, grounding captions, referring expressions) at the
+    final, decayed lr."""
     config = build_cfg(Path(args.config), prefix, tokenizer, out / "grounding", opts)
     total = config.SOLVER.MAX_ITER
     first = round(total * args.detection_share)
     if first == 0:
         return [config]
     detection = f'("{prefix}_train",)'
-    phase_one = [*opts, *_iteration_opts(first, decay=False), "DATASETS.TRAIN", detection]
-    phase_two = [*opts, *_iteration_opts(total - first)]
+    phase_one = [*opts, *_iteration_opts(first), "DATASETS.TRAIN", detection]
+    if first == total:
+        return [build_cfg(Path(args.config), prefix, tokenizer, out / "grounding", phase_one)]
+    decayed = config.SOLVER.GAMMA**2  # the lr after phase one's two steps
+    phase_two = [*opts, "SOLVER.MAX_ITER", str(total - first), "SOLVER.STEPS", "()"]
+    phase_two += [
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.BASE_LR",
+        str(config.SOLVER.BASE_LR * decayed),
+    ]
+    phase_two += ["SOLVER.LANG_LR", str(config.SOLVER.LANG_LR * decayed)]
     return [
         build_cfg(Path(args.config), prefix, tokenizer, out / "grounding" / "detection", phase_one),
         build_cfg(Path(args.config), prefix, tokenizer, out / "grounding", phase_two),
@@ -292,11 +304,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _iteration_opts(iters: int | None, decay: bool = True) -> list[str]:
-    """SOLVER overrides for a run of `iters` iterations (lr steps at 75 % and 90 %, or none)."""
+def _iteration_opts(iters: int | None) -> list[str]:
+    """SOLVER overrides for a run of `iters` iterations (lr steps at 75 % and 90 %)."""
     if iters is None:
         return []
-    steps = f"({int(iters * 0.75)}, {int(iters * 0.9)})" if decay else "()"
+    steps = f"({int(iters * 0.75)}, {int(iters * 0.9)})"
     warmup = str(min(50, max(iters // 10, 1)))
     return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", warmup]
 

@@ -132,9 +132,11 @@ class FiberTrunk(nn.Module):
         ]
         text_tower = TEXT_TOWERS[fiber.TEXT.ARCHITECTURE][1]
         roberta = text_tower(text_config, fused_dims, fiber.USE_SDPA, fiber.USE_CHECKPOINT)
-        if fiber.SWIN.WEIGHTS:
+        # a shape-only build on the meta device (conversion checks) has nowhere to put weights
+        shapes_only = swin.patch_embed.proj.weight.is_meta
+        if fiber.SWIN.WEIGHTS and not shapes_only:
             load_swin_weights(swin, fiber.SWIN.WEIGHTS)
-        if fiber.TEXT.WEIGHTS:
+        if fiber.TEXT.WEIGHTS and not shapes_only:
             load_text_weights(roberta, fiber.TEXT.WEIGHTS)
         swin.freeze(fiber.SWIN.FREEZE_AT)
         roberta.freeze(fiber.TEXT.FREEZE_AT)
