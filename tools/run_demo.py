@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """`make demo`: fiber_det's whole job on a 2-core CPU, without downloads.
 
-Steps: generate the synthetic grounding world -> train a byte-level BPE tokenizer on its corpus
--> coarse stage (ITC + ITM + MLM, short) -> fine-grained grounding training (tools/train_net.py's
-Trainer, trunk initialised from the coarse stage) -> evaluation with the real evaluators (COCO AP
-on seen classes and on the held-out colour-shape combinations, Flickr-style Recall@1,
-RefCOCO-style P@1) -> OUT/metrics.json, OUT/loss_curve.png, OUT/test_grid.png and the saved
-model OUT/model (config.yaml + model.safetensors + tokenizer; `make serve` serves it).
+Steps: generate the synthetic grounding world -> (with --text-tower random only: train a
+byte-level BPE tokenizer on its corpus; the default text tower is the pretrained all-MiniLM-L6-v2
+with its WordPiece tokenizer) -> coarse stage (ITC + ITM + MLM, short) -> fine-grained grounding
+training (tools/train_net.py's Trainer, trunk initialised from the coarse stage; detection data
+alone first, then the whole mix, see --detection-share) -> evaluation with the real evaluators
+(COCO AP on seen classes and on the held-out colour-shape combinations, Flickr-style Recall@1,
+RefCOCO-style P@1) -> OUT/metrics.json, OUT/loss_curve.png, OUT/test_grid.png,
+OUT/zero_shot.png (held-out pairs named in a free-form caption) and the saved model OUT/model
+(config.yaml + model.safetensors + tokenizer; `make serve` serves it).
 
     python tools/run_demo.py [--out output/quickstart] [--seed N] [--fine-iters N] [--skip-coarse]
-                             [--threads N] [KEY VALUE ...]   (overrides of the fine config)
+                             [--threads N] [--text-tower minilm|random] [--detection-share F]
+                             [KEY VALUE ...]   (overrides of the fine config)
 
 The world goes to $DETECTRON2_DATASETS/synthetic (registered on import as synthetic_*); another
 --data-dir is registered as quickstart_*. configs/quickstart/*.yaml size the tiny model.
