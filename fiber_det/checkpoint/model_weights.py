@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from fiber_det.checkpoint.checkpointer import layout_error
+from fiber_det.checkpoint.checkpointer import PICKLE_REFUSED, layout_error
 from fiber_det.checkpoint.files import torch_load_on_cpu
 from fiber_det.checkpoint.verify import check_against_model
 
@@ -27,11 +27,7 @@ def read_model_weights(path: str | Path) -> dict[str, torch.Tensor]:
     detectron2's checkpointer and tools/convert_checkpoint.py write) or a bare state dict."""
     path = Path(path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ValueError(
-            f"{path}: pickle files can run arbitrary code when loaded, so fiber_det does not "
-            "read them. Save the weights as safetensors or as a torch file of tensors "
-            "(torch.save({'model': state_dict}, 'weights.pth')) where you trust the file"
-        )
+        raise ValueError(PICKLE_REFUSED.format(path=path))
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix.lower() == ".safetensors":
