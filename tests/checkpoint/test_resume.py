@@ -97,6 +97,7 @@ def test_resume_skips_an_unreadable_last_checkpoint(tmp_path, caplog, tag):
 
 def test_resume_with_no_readable_checkpoint_names_them(tmp_path):
     (tmp_path / "model_0000001.pth").write_bytes(b"")
+    (tmp_path / "last_checkpoint").write_text("model_0000001.pth")
     with pytest.raises(ValueError, match=r"no checkpoint in .* loads \(tried .*model_0000001"):
         FiberCheckpointer(_model(), save_dir=str(tmp_path)).resume_or_load("", resume=True)
 
