@@ -133,7 +133,8 @@ class GroundingPredictor:
             raise ValueError("caption is empty")
         spans = phrase_spans if phrase_spans is not None else [[(0, len(caption))]]
         labels = [" ".join(caption[b:e] for b, e in phrase) for phrase in spans]
-        return [build_grounding_prompt(caption, spans, self.tokenizer, max_len)], labels
+        prompt = build_grounding_prompt(caption, spans, self.tokenizer, max_len, strict=True)
+        return [prompt], labels
 
     def _input(self, image: np.ndarray, prompts: list[dict]) -> dict:
         check_image(image)

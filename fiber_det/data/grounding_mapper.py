@@ -23,6 +23,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Boxes, BoxMode, Instances
 from transformers import PreTrainedTokenizerBase
 
+from fiber_det.data.dropped_boxes import DroppedBoxCounter
 from fiber_det.data.prompts import (
     TrainingPrompt,
     build_detection_prompts,
@@ -102,6 +103,7 @@ class GroundingDatasetMapper:
         self.caption_prompts = caption_prompts or {}
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._eval_prompts: dict[str, list[dict]] = {}
+        self.dropped_boxes = DroppedBoxCounter(max_query_len)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True, dataset_name: str | None = None) -> dict:
@@ -153,12 +155,18 @@ class GroundingDatasetMapper:
             training = self._detection_training_prompt(record, annotations)
         instances = Instances(image_shape)
         keep = training.keep
+        self._count_dropped(record, keep)
         instances.gt_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32)[keep])
         instances.gt_classes = self._gt_classes(record, annotations)[keep]
         instances.gt_positive_map = training.gt_positive_map[keep]
         out["prompts"] = [training.prompt]
         out["instances"] = instances
         return out
+
+    def _count_dropped(self, record: dict, keep: torch.Tensor) -> None:
+        dataset = record.get("dataset_name", self.default_dataset) or "training data"
+        where = f"image {record.get('file_name')}"
+        self.dropped_boxes.add(dataset, len(keep), int((~keep).sum()), where)
 
     def _read_image(self, record: dict) -> np.ndarray:
         try:

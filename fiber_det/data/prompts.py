@@ -231,10 +231,20 @@ def build_grounding_prompt(
     phrase_spans: Sequence[Sequence[Span]],
     tokenizer: PreTrainedTokenizerBase,
     max_len: int = 256,
+    strict: bool = False,
 ) -> dict:
-    """One prompt whose rows are phrases (labels = phrase index); cut-off phrases map to zeros."""
+    """One prompt whose rows are phrases (labels = phrase index); cut-off phrases map to zeros,
+    or, when `strict`, are an error naming the phrase and the limit."""
     tokenized = tokenize_prompt(tokenizer, caption, max_len)
-    positive_map, _ = positive_map_from_spans(tokenized, phrase_spans)
+    positive_map, unmapped = positive_map_from_spans(tokenized, phrase_spans)
+    if strict and unmapped:
+        row = unmapped[0]
+        phrase = " ".join(caption[beg:end] for beg, end in phrase_spans[row])
+        why = "covers no token"
+        if any(end > tokenized.covered_chars for _, end in phrase_spans[row]):
+            why = f"falls past the token limit (MAX_QUERY_LEN={max_len}; the caption's first "
+            why += f"{tokenized.covered_chars} characters fit)"
+        raise ValueError(f"phrase {row} {phrase!r} {why}; shorten the caption")
     return _prompt_dict(tokenized, positive_map, range(len(phrase_spans)))
 
 

@@ -78,6 +78,12 @@ class FlickrRecallEvaluator(PerImageHitsEvaluator):
 
     def image_hits(self, record: dict, instances) -> torch.Tensor:
         """(phrases with a box, len(RECALL_KS) + 1) hits of one image."""
+        if not record.get("phrase_spans"):
+            json_file = MetadataCatalog.get(self.dataset_name).get("json_file", self.dataset_name)
+            raise ValueError(
+                f"{json_file}: image id {record.get('image_id')} ({record.get('file_name')}) has "
+                "no phrases to evaluate (field 'tokens_positive_eval' missing or empty)"
+            )
         gt = phrase_gt_boxes(record, self.merged)
         hits = phrase_hits(
             instances.pred_boxes.tensor, instances.scores, instances.pred_classes, gt

@@ -3,7 +3,7 @@
 import difflib
 import logging
 
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.build import filter_images_with_only_crowd_annotations
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,12 @@ def get_tagged_dataset_dicts(
         for record in dicts:
             record.setdefault("dataset_name", name)
             record.setdefault("annotations", [])
+        if filter_empty and not any(record["annotations"] for record in dicts):
+            source = MetadataCatalog.get(name).get("json_file", name)
+            raise ValueError(
+                f"dataset {name!r} ({source}): no image has a box to train on (field "
+                "'annotations' missing or empty)"
+            )
         records.extend(dicts)
     if filter_empty:
         records = filter_images_with_only_crowd_annotations(records)

@@ -7,15 +7,54 @@ and prompt policy.
 """
 
 import logging
+import math
 import os
 from collections.abc import Callable
+from numbers import Real
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from fiber_det.data.prompts import clean_name
+
 logger = logging.getLogger(__name__)
 
 PROMPT_POLICIES = ("all_classes_shuffled", "positives_negatives")
+
+
+def check_boxes(records: list[dict], source: str) -> None:
+    """An error naming the file, image and annotation of the first 'bbox' that is not four
+    finite numbers [x, y, width, height]."""
+    for record in records:
+        for index, annotation in enumerate(record.get("annotations", [])):
+            bbox = annotation.get("bbox")
+            numbers = isinstance(bbox, list | tuple) and all(
+                isinstance(v, Real) and not isinstance(v, bool) for v in bbox
+            )
+            if not (numbers and len(bbox) == 4 and all(math.isfinite(v) for v in bbox)):
+                raise ValueError(
+                    f"{source}: image id {record.get('image_id')} ({record['file_name']}), "
+                    f"annotation {index}: field 'bbox' = {bbox!r} is not four finite numbers "
+                    "[x, y, width, height]"
+                )
+
+
+def check_class_names(names: list[str], source: str) -> None:
+    """An error naming the category whose name is empty once cleaned, or repeated."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        cleaned = clean_name(str(name))
+        if not any(character.isalnum() for character in cleaned):
+            raise ValueError(
+                f"{source}: category {index} has the name {name!r}, which holds no letter or "
+                f"digit once cleaned ({cleaned!r}): no token could stand for it"
+            )
+        if cleaned.lower() in seen:
+            raise ValueError(
+                f"{source}: categories {seen[cleaned.lower()]} and {index} share the name "
+                f"{cleaned!r} (field 'name'): the prompt could not tell them apart"
+            )
+        seen[cleaned.lower()] = index
 
 
 def drop_degenerate_boxes(records: list[dict], source: str) -> int:
@@ -53,6 +92,8 @@ def load_detection_json(
         records = load_coco_json(json_file, image_root, dataset_name)
     except ValueError as exc:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{json_file} is not a valid COCO-format json: {exc}") from exc
+    check_class_names(list(MetadataCatalog.get(dataset_name).thing_classes), json_file)
+    check_boxes(records, json_file)
     drop_degenerate_boxes(records, json_file)
     if check_images:
         check_image_files(records, json_file)
