@@ -17,8 +17,9 @@ label per class, GLIP's detection prompt); a prompt without periods is a sentenc
 whole or, with `--phrases "red square" "blue circle"`, phrase by phrase (each phrase must occur
 in it). Writes one annotated PNG per image (detectron2's Visualizer) and `predictions.json`:
 {"prompt", "labels", "score_thresh", "images": [{"file_name", "output", "height", "width",
-"detections": [{"box": [x1, y1, x2, y2], "score", "label", "class_id"}]}]}, boxes in the
-original image's pixels.
+"detections": [{"box": [x1, y1, x2, y2], "score", "label", "class_id"}]}], "skipped":
+[{"file_name", "error"}]}, boxes in the original image's pixels. An image that cannot be read
+or predicted is reported and skipped; the others are written, and the exit status is 1.
 """
 
 import argparse
@@ -153,38 +154,59 @@ def draw(image_bgr, found: list[dict]):
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Predict, draw and write every image; returns the JSON document written."""
+    """Predict, draw and write every image; an image that cannot be read or predicted is
+    reported, listed under "skipped" and passed over. Returns the JSON document written."""
     names, caption, spans = parse_prompt(args.prompt, args.phrases)
     images = list_images(args.input)
-    predictor = build_predictor(args)
     out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--output {out_dir} is a file, not a folder")
+    predictor = build_predictor(args)
     out_dir.mkdir(parents=True, exist_ok=True)
     document = {"prompt": args.prompt, "score_thresh": args.score_thresh, "images": []}
-    for index, path in enumerate(images):
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"{path}: not a readable image")
-        result = predictor(image, names=names, caption=caption, phrase_spans=spans)
-        found = detections(result, args.score_thresh)
-        output = out_dir / f"{index:03d}_{path.stem}.png"
-        cv2.imwrite(str(output), draw(image, found)[:, :, ::-1])
-        height, width = image.shape[:2]
-        document["images"].append(
-            {"file_name": str(path), "output": output.name, "height": height, "width": width}
-            | {"detections": found}
-        )
-        print(f"[demo] {path}: {len(found)} detections -> {output}")
     document["labels"] = predictor.prompts(names, caption, spans)[1]
+    document["skipped"] = []
+    for index, path in enumerate(images):
+        try:
+            output = out_dir / f"{index:03d}_{path.stem}.png"
+            request = {"names": names, "caption": caption, "phrase_spans": spans}
+            entry = predict_one(predictor, path, output, request, args.score_thresh)
+        except (ValueError, RuntimeError, cv2.error) as error:
+            print(f"[demo] skipped {path}: {error}", file=sys.stderr)
+            document["skipped"].append({"file_name": str(path), "error": str(error)})
+            continue
+        document["images"].append(entry)
+        print(f"[demo] {path}: {len(entry['detections'])} detections -> {entry['output']}")
     (out_dir / "predictions.json").write_text(json.dumps(document, indent=1) + "\n")
     return document
+
+
+def predict_one(
+    predictor: GroundingPredictor, path: Path, output: Path, request: dict, score_thresh: float
+) -> dict:
+    """Read, predict (`request`: the predictor's keyword arguments) and draw one image; its
+    entry of predictions.json."""
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path}: not a readable image")
+    found = detections(predictor(image, **request), score_thresh)
+    cv2.imwrite(str(output), draw(image, found)[:, :, ::-1])
+    height, width = image.shape[:2]
+    return {"file_name": str(path), "output": output.name, "height": height, "width": width} | {
+        "detections": found
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     try:
-        return run(args)
+        document = run(args)
     except (FileNotFoundError, NotADirectoryError, TypeError, ValueError) as exc:
         sys.exit(f"demo: {exc}")
+    if document["skipped"]:
+        skipped = ", ".join(entry["file_name"] for entry in document["skipped"])
+        sys.exit(f"demo: {len(document['skipped'])} image(s) skipped (see above): {skipped}")
+    return document
 
 
 if __name__ == "__main__":
