@@ -22,7 +22,7 @@ from fiber_det.data.prompts import (
     build_grounding_prompt,
     clean_name,
 )
-from fiber_det.data.tokenizer import build_tokenizer
+from fiber_det.data.tokenizer import build_tokenizer, check_tokenizer_fits
 from fiber_det.hub import resolve_model_directory
 from fiber_det.pretrained import load_pretrained_config, save_pretrained
 
@@ -65,10 +65,11 @@ class GroundingPredictor:
         `model` (already built, e.g. just trained) is used as is. Without either, a random model
         is built only when `allow_random_weights`, with a warning."""
         self.cfg = cfg.clone()
+        self.tokenizer = tokenizer or build_tokenizer(self.cfg.INPUT.TEXT.TOKENIZER)
+        check_tokenizer_fits(self.tokenizer, self.cfg)
         if model is None:
             model = self._build_model(allow_random_weights)
         self.model = model.eval()
-        self.tokenizer = tokenizer or build_tokenizer(self.cfg.INPUT.TEXT.TOKENIZER)
         self.resize = T.ResizeShortestEdge(
             [self.cfg.INPUT.MIN_SIZE_TEST] * 2, self.cfg.INPUT.MAX_SIZE_TEST
         )

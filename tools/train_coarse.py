@@ -28,7 +28,7 @@ import fiber_det  # noqa: F401  (registers datasets and the coarse meta-architec
 from fiber_det.data.caption_mapper import CaptionDatasetMapper
 from fiber_det.data.image_text_mapper import ImageTextDatasetMapper
 from fiber_det.data.nlvr2_mapper import NLVR2DatasetMapper
-from fiber_det.data.tokenizer import build_tokenizer
+from fiber_det.data.tokenizer import build_tokenizer, check_tokenizer_fits
 from fiber_det.data.vqa_mapper import VQADatasetMapper
 from fiber_det.engine import FiberTrainer, load_weights, setup_cfg
 from fiber_det.evaluation.build import build_fiber_evaluator
@@ -118,6 +118,7 @@ class CoarseTrainer(FiberTrainer):
 
 def main(args):
     cfg = setup_cfg(args)
+    check_tokenizer_fits(build_tokenizer(cfg.INPUT.TEXT.TOKENIZER), cfg)
     if args.eval_only:
         model = CoarseTrainer.build_model(cfg)
         load_weights(cfg, model, args.resume)

@@ -21,7 +21,7 @@ from detectron2.utils import comm
 import fiber_det  # noqa: F401  (registers datasets and model parts)
 from fiber_det.data.datasets.catalog import check_dataset_name, get_tagged_dataset_dicts
 from fiber_det.data.grounding_mapper import GroundingDatasetMapper
-from fiber_det.data.tokenizer import build_tokenizer
+from fiber_det.data.tokenizer import build_tokenizer, check_tokenizer_fits
 from fiber_det.engine import FiberTrainer, load_weights, setup_cfg
 from fiber_det.evaluation.build import build_fiber_evaluator
 from fiber_det.evaluation.odinw import summarize_odinw
@@ -71,6 +71,7 @@ def save_model_directory(cfg, model, directory: str) -> None:
 
 def main(args):
     cfg = setup_cfg(args)
+    check_tokenizer_fits(build_tokenizer(cfg.INPUT.TEXT.TOKENIZER), cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         load_weights(cfg, model, args.resume)

@@ -28,6 +28,19 @@ def build_tokenizer(name_or_dir: str) -> PreTrainedTokenizerBase:
         ) from exc
 
 
+def check_tokenizer_fits(tokenizer: PreTrainedTokenizerBase, cfg) -> None:
+    """An error when `tokenizer` has more tokens than the model's embedding table rows
+    (MODEL.FIBER.TEXT.VOCAB_SIZE): its last token ids would index past the table."""
+    vocab_size = cfg.MODEL.FIBER.TEXT.VOCAB_SIZE
+    if len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"the tokenizer {cfg.INPUT.TEXT.TOKENIZER} (INPUT.TEXT.TOKENIZER) has "
+            f"{len(tokenizer)} tokens, more than MODEL.FIBER.TEXT.VOCAB_SIZE = {vocab_size} "
+            "embedding rows: set MODEL.FIBER.TEXT.VOCAB_SIZE to at least "
+            f"{len(tokenizer)} or give the tokenizer the weights were trained with"
+        )
+
+
 def train_byte_level_bpe(
     texts: Iterable[str], out_dir: str | Path, vocab_size: int = 500
 ) -> PreTrainedTokenizerBase:
