@@ -278,3 +278,19 @@ def test_flickr_evaluation_without_tokens_positive_eval(tmp_path):
         evaluator.process([{"image_id": 0}], [{"instances": instances}])
     DatasetCatalog.remove("test_flickr_no_phrases")
     MetadataCatalog.remove("test_flickr_no_phrases")
+
+
+def test_lvis_and_odinw_loader_errors_name_the_json(tmp_path):
+    """A json without 'images' fails inside detectron2's loaders; the error names the file."""
+    from fiber_det.data.datasets.builtin import register_lvis_naming_the_file
+
+    (tmp_path / "lvis.json").write_text(json.dumps({"annotations": [], "categories": []}))
+    register_lvis_naming_the_file(str(tmp_path), "test_bad_lvis", "lvis.json", "images")
+    with pytest.raises(ValueError, match=r"lvis\.json is not a valid LVIS-format json: "):
+        DatasetCatalog.get("test_bad_lvis")
+    DatasetCatalog.remove("test_bad_lvis")
+    MetadataCatalog.remove("test_bad_lvis")
+    (tmp_path / "img").mkdir()
+    (tmp_path / "det.json").write_text(json.dumps({"annotations": [], "categories": []}))
+    with pytest.raises(ValueError, match=r"det\.json is not a valid COCO-format json: "):
+        load_detection_json(str(tmp_path / "det.json"), str(tmp_path / "img"), "test_bad_odinw")

@@ -10,10 +10,10 @@ read until a dataset is first used.
 
 import os
 
-from detectron2.data import DatasetCatalog
-from detectron2.data.datasets.lvis import get_lvis_instances_meta, register_lvis_instances
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.lvis import get_lvis_instances_meta, load_lvis_json
 
-from fiber_det.data.datasets.detection import register_detection_dataset
+from fiber_det.data.datasets.detection import load_naming_the_file, register_detection_dataset
 from fiber_det.data.datasets.grounding import register_grounding_dataset
 from fiber_det.data.datasets.image_text import register_all_image_text
 from fiber_det.data.datasets.nlvr2 import register_all_nlvr2
@@ -100,18 +100,26 @@ def register_all_fiber_datasets(root: str) -> None:
             os.path.join(root, images),
             prompt_policy="positives_negatives",
         )
-    name, json_file, images = _LVIS_MINIVAL
-    register_lvis_instances(
-        name,
-        get_lvis_instances_meta("lvis_v1"),
-        os.path.join(root, json_file),
-        os.path.join(root, images),
-    )
+    register_lvis_naming_the_file(root, *_LVIS_MINIVAL)
     register_odinw13(os.path.join(root, "odinw"))
     register_all_image_text(root)
     register_all_vqav2(root)
     register_all_nlvr2(root)
     register_synthetic_world(os.path.join(root, DEFAULT_PREFIX))
+
+
+def register_lvis_naming_the_file(root: str, name: str, json_file: str, images: str) -> None:
+    """detectron2's LVIS registration, with loading errors naming the json."""
+    json_file, images = os.path.join(root, json_file), os.path.join(root, images)
+    DatasetCatalog.register(
+        name, lambda: load_naming_the_file(load_lvis_json, "LVIS-format", json_file, images, name)
+    )
+    MetadataCatalog.get(name).set(
+        json_file=json_file,
+        image_root=images,
+        evaluator_type="lvis",
+        **get_lvis_instances_meta("lvis_v1"),
+    )
 
 
 def _registered_already() -> bool:

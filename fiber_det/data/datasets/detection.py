@@ -88,10 +88,9 @@ def load_detection_json(
         raise FileNotFoundError(f"{dataset_name}: annotation file {json_file} does not exist")
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"{dataset_name}: image folder {image_root} does not exist")
-    try:
-        records = load_coco_json(json_file, image_root, dataset_name)
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{json_file} is not a valid COCO-format json: {exc}") from exc
+    records = load_naming_the_file(
+        load_coco_json, "COCO-format", json_file, image_root, dataset_name
+    )
     check_class_names(list(MetadataCatalog.get(dataset_name).thing_classes), json_file)
     check_boxes(records, json_file)
     drop_degenerate_boxes(records, json_file)
@@ -100,6 +99,20 @@ def load_detection_json(
     for record in records:
         record["dataset_name"] = dataset_name
     return records
+
+
+def load_naming_the_file(loader: Callable, kind: str, json_file: str, *args) -> list[dict]:
+    """`loader(json_file, *args)` (detectron2's COCO or LVIS loader, reading `kind` files);
+    a missing file or a malformed json (a missing key, a wrong type, an assertion of the
+    loader) is an error naming `json_file`."""
+    if not os.path.isfile(json_file):
+        raise FileNotFoundError(f"annotation file {json_file} does not exist")
+    try:
+        return loader(json_file, *args)
+    except (AssertionError, IndexError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{json_file} is not a valid {kind} json: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def register_detection_dataset(
