@@ -142,7 +142,14 @@ class GroundingPredictor:
         if self.input_format == "RGB":
             image = image[:, :, ::-1]
         height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
+        transform = self.resize.get_transform(image)
+        if min(transform.new_h, transform.new_w) < 1:
+            raise ValueError(
+                f"image of {height}x{width} pixels: resized to INPUT.MIN_SIZE_TEST / "
+                f"MAX_SIZE_TEST its sides become {transform.new_h}x{transform.new_w}; its aspect "
+                "ratio is too extreme, crop it first"
+            )
+        resized = transform.apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         return {"image": tensor, "height": height, "width": width, "prompts": prompts}
 

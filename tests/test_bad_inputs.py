@@ -213,6 +213,11 @@ def test_predictor_float_image_in_unit_range(predictor):
         predictor(np.random.default_rng(0).random((32, 32, 3)), names=["red"])
 
 
+def test_predictor_image_of_extreme_aspect_ratio(predictor):
+    with pytest.raises(ValueError, match=r"image of 10x10000 pixels: .* become 0x256"):
+        predictor(np.zeros((10, 10000, 3), np.uint8), names=["red"])
+
+
 def test_tokenizer_larger_than_the_vocabulary(tiny, tiny_tokenizer, tiny_tokenizer_dir):
     model, cfg = tiny
     small = cfg.clone()
@@ -224,7 +229,7 @@ def test_tokenizer_larger_than_the_vocabulary(tiny, tiny_tokenizer, tiny_tokeniz
 
 @pytest.fixture
 def demo_files(tiny, tmp_path):
-    """(config file, weights file, folder with a good, an unreadable and another good image)."""
+    """(config file, weights file, folder: a good, an unreadable, a good, a 10x10000 image)."""
     model, cfg = tiny
     torch.save({"model": model.state_dict()}, tmp_path / "model.pth")
     (tmp_path / "tiny.yaml").write_text(cfg.dump())
@@ -234,6 +239,7 @@ def demo_files(tiny, tmp_path):
     cv2.imwrite(str(folder / "a.png"), scene)
     (folder / "b.png").write_bytes(b"not a png")
     cv2.imwrite(str(folder / "c.png"), scene)
+    cv2.imwrite(str(folder / "d.png"), np.zeros((10, 10000, 3), np.uint8))
     return tmp_path / "tiny.yaml", tmp_path / "model.pth", folder
 
 
@@ -241,16 +247,19 @@ def test_demo_skips_and_reports_a_bad_image_and_writes_the_rest(demo_files, tmp_
     config, weights, folder = demo_files
     out = tmp_path / "out"
     argv = ["--config-file", str(config), "--weights", str(weights), "--input", str(folder)]
-    with pytest.raises(SystemExit, match=r"1 image\(s\) skipped .*b\.png"):
+    with pytest.raises(SystemExit, match=r"2 image\(s\) skipped .*b\.png, .*d\.png"):
         _demo().main(argv + ["--prompt", "red.", "--output", str(out)])
     assert f"skipped {folder / 'b.png'}: {folder / 'b.png'}: not a readable image" in (
         capsys.readouterr().err
     )
     document = json.loads((out / "predictions.json").read_text())
     assert [entry["output"] for entry in document["images"]] == ["000_a.png", "002_c.png"]
-    assert document["skipped"] == [
-        {"file_name": str(folder / "b.png"), "error": f"{folder / 'b.png'}: not a readable image"}
-    ]
+    assert document["skipped"][0] == {
+        "file_name": str(folder / "b.png"),
+        "error": f"{folder / 'b.png'}: not a readable image",
+    }
+    assert document["skipped"][1]["file_name"] == str(folder / "d.png")
+    assert "image of 10x10000 pixels" in document["skipped"][1]["error"]
     assert (out / "000_a.png").is_file() and (out / "002_c.png").is_file()
 
 
