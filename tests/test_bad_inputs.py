@@ -145,6 +145,14 @@ def test_training_counts_boxes_dropped_past_the_token_limit(tmp_path, tiny_token
         mapper(record)
 
 
+def test_evaluation_logs_phrases_past_the_token_limit(tmp_path, tiny_tokenizer_dir, caplog):
+    (record,) = load_grounding_json(str(flickr_json(tmp_path)), str(tmp_path / "images"))
+    with caplog.at_level(logging.WARNING):
+        _mapper(tiny_tokenizer_dir, is_train=False, max_query_len=12)(record)
+    assert "1000.jpg.png: phrase(s) [1, 2] of the caption fall past " in caplog.text
+    assert "MAX_QUERY_LEN=12" in caplog.text
+
+
 def test_predictor_refuses_a_phrase_past_the_token_limit(tiny, tiny_tokenizer):
     model, cfg = tiny
     short = cfg.clone()

@@ -247,11 +247,17 @@ class GroundingDatasetMapper:
             phrases = (
                 record.get("phrase_spans") or _distinct_span_sets(record.get("annotations", []))[0]
             )
-            return [
-                build_grounding_prompt(
-                    record["caption"], phrases, self.tokenizer, self.max_query_len
+            prompt = build_grounding_prompt(
+                record["caption"], phrases, self.tokenizer, self.max_query_len
+            )
+            cut = (prompt["positive_map"].sum(1) == 0).nonzero().flatten().tolist()
+            if cut:
+                logger.warning(
+                    f"image {record.get('file_name')}: phrase(s) {cut} of the caption fall past "
+                    f"INPUT.TEXT.MAX_QUERY_LEN={self.max_query_len} tokens (or cover no token) "
+                    "and count as misses"
                 )
-            ]
+            return [prompt]
         dataset_name = self._dataset_of(record)
         if dataset_name not in self._eval_prompts:
             names = list(MetadataCatalog.get(dataset_name).thing_classes)
