@@ -86,7 +86,7 @@ def main(args):
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
-        model = trainer.model
+        model = trainer.evaluation_model()
     if args.save_pretrained:
         save_model_directory(cfg, model, args.save_pretrained)
     return results

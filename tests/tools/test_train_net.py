@@ -161,3 +161,30 @@ def test_dataset_flag_trains_and_evaluates(tmp_path, tiny_tokenizer_dir, tiny_to
     argv += ["MODEL.WEIGHTS", str(tmp_path / "train" / "model_final.pth")]
     results = train_net.main(train_net.argument_parser().parse_args(argv))
     assert set(results["test_flag_test"]["bbox"]) >= {"AP", "AP50", "AP-tree", "AP-bush"}
+
+
+def test_ema_is_saved_evaluated_and_resumed(tmp_path, tiny_tokenizer_dir, tiny_tokenizer):
+    train_net = _train_net()
+    cfg = tiny_grounding_cfg(len(tiny_tokenizer))
+    json_file = coco_json(
+        tmp_path / "t.json", tmp_path / "images", ["tree"], [[(0, [4, 4, 20, 16])]]
+    )
+    register_detection_dataset("test_ema_train", str(json_file), str(tmp_path / "images"))
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("test_ema_train",), ()
+    cfg.INPUT.TEXT.TOKENIZER = str(tiny_tokenizer_dir)
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.DATALOADER.NUM_WORKERS = (64,), 0
+    cfg.SOLVER.MAX_ITER, cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.WARMUP_ITERS = 2, 1, 1
+    cfg.MODEL.EMA.ENABLED, cfg.MODEL.EMA.DECAY = True, 0.5
+    cfg.OUTPUT_DIR = str(tmp_path / "train")
+    trainer = train_net.Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert trainer.evaluation_model() is trainer.ema.module
+    final = torch.load(tmp_path / "train" / "model_final.pth", weights_only=False)
+    assert final["model_ema"].keys() == final["model"].keys()
+    assert any(not torch.equal(final["model_ema"][k], final["model"][k]) for k in final["model"])
+    resumed = train_net.Trainer(cfg)
+    resumed.resume_or_load(resume=True)
+    assert resumed.ema.restored and resumed.start_iter == 2
+    ema_state = resumed.ema.module.state_dict()
+    assert all(torch.equal(ema_state[k], v) for k, v in final["model_ema"].items())
