@@ -1,10 +1,12 @@
 """tools/train_net.py wiring: loaders, evaluator choice and the one-command ODinW summary."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from detectron2.data import DatasetCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
@@ -16,8 +18,10 @@ from fiber_det.data.datasets.grounding import register_grounding_dataset
 from fiber_det.evaluation.build import build_fiber_evaluator
 from fiber_det.evaluation.flickr import FlickrRecallEvaluator
 from fiber_det.predictor import GroundingPredictor
+from tests.conftest import REPO_ROOT
 from tests.data.formats import coco_json, flickr_json
 from tests.modeling.grounding.tiny_detector import tiny_grounding_cfg
+from tests.tools.tool_module import load_tool
 
 TRAIN_NET = Path(__file__).resolve().parents[2] / "tools" / "train_net.py"
 
@@ -188,3 +192,26 @@ def test_ema_is_saved_evaluated_and_resumed(tmp_path, tiny_tokenizer_dir, tiny_t
     assert resumed.ema.restored and resumed.start_iter == 2
     ema_state = resumed.ema.module.state_dict()
     assert all(torch.equal(ema_state[k], v) for k, v in final["model_ema"].items())
+
+
+def test_retinanet_baseline_trains_and_evaluates_on_a_dataset_flag(tmp_path):
+    baseline = load_tool("train_retinanet_baseline")
+    boxes = [[(0, [4, 4, 20, 16])], [(1, [30, 10, 12, 30])]]
+    json_file = coco_json(tmp_path / "trees.json", tmp_path / "images", ["tree", "bush"], boxes)
+    spec = f"{json_file}:{tmp_path / 'images'}"
+    argv = ["--config-file", str(REPO_ROOT / "configs" / "trees" / "retinanet_R18_GN.yaml")]
+    argv += ["--dataset", f"test_retina_train={spec}", "--dataset", f"test_retina_val={spec}"]
+    argv += ["DATASETS.TRAIN", '("test_retina_train",)', "DATASETS.TEST", '("test_retina_val",)']
+    argv += ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64", "SOLVER.MAX_ITER", "2"]
+    argv += ["SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0", "SOLVER.WARMUP_ITERS", "1"]
+    argv += ["OUTPUT_DIR", str(tmp_path / "out"), "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0"]
+    baseline.main(baseline.argument_parser().parse_args(argv))
+    results = json.loads(
+        (
+            tmp_path / "out" / "inference" / "test_retina_val" / "coco_instances_results.json"
+        ).read_text()
+    )
+    assert results and {r["category_id"] for r in results} <= {1, 2}
+    used = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["MODEL"]
+    assert used["RESNETS"]["DEPTH"] == 18 and used["RETINANET"]["NORM"] == "GN"
+    assert used["RETINANET"]["NUM_CLASSES"] == 2 and used["WEIGHTS"] == ""  # from the json
