@@ -8,7 +8,7 @@ from fiber_det.config import get_fiber_cfg
 from fiber_det.data.datasets.detection import register_detection_dataset
 from fiber_det.data.datasets.grounding import register_grounding_dataset
 from fiber_det.evaluation.predictions import read_predictions, score_predictions
-from tests.data.formats import flickr_json, write_image, write_json
+from tests.data.formats import flickr_json, refexp_json, write_image, write_json
 from tests.tools.tool_module import load_tool
 
 # categories 5 "tree" and 9 "bush" (non-contiguous ids); image 1: two trees, image 2: one bush
@@ -77,6 +77,20 @@ def test_flickr_recall_of_a_hand_made_case(tmp_path):
     recall = metrics["flickr_any_box"]
     assert recall["R@1"] == pytest.approx(100 / 3) and recall["R@5"] == pytest.approx(200 / 3)
     assert recall["num_phrases"] == 3
+
+
+def test_refexp_precision_of_a_hand_made_case(tmp_path):
+    json_file = refexp_json(tmp_path, [[10, 10, 20, 20], [50, 40, 30, 30]])
+    register_grounding_dataset(
+        "test_predictions_refexp", str(json_file), str(tmp_path / "train2014"), "refexp"
+    )
+    predictions = [
+        {"image_id": 0, "bbox": [10, 10, 20, 20], "score": 0.9},  # hit at k = 1
+        {"image_id": 1, "bbox": [0, 0, 10, 10], "score": 0.9},  # misses at every k
+    ]
+    metrics = score_predictions(get_fiber_cfg(), predictions, "test_predictions_refexp")
+    assert metrics["refexp"]["P@1"] == pytest.approx(50.0)
+    assert metrics["refexp"]["num_expressions"] == 2
 
 
 def test_evaluate_tool_scores_a_file_against_a_dataset_flag(tmp_path, capsys):
