@@ -186,6 +186,14 @@ def _add_solver_config(cfg: CN) -> None:
     cfg.SOLVER.CROSS_MODAL_LR_FACTOR = 5.0
 
 
+def _add_ema_config(cfg: CN) -> None:
+    """MODEL.EMA: moving average of the weights (fiber_det.ema), saved as `model_ema`."""
+    cfg.MODEL.EMA = CN()
+    # True: average the weights after every step; evaluation and --eval-only use the average
+    cfg.MODEL.EMA.ENABLED = False
+    cfg.MODEL.EMA.DECAY = 0.999  # ema = DECAY * ema + (1 - DECAY) * weights (original: 0.999)
+
+
 def add_fiber_config(cfg: CN) -> None:
     """Add every fiber_det key (with its default) to a detectron2 `get_cfg()` node, in place."""
     _add_trunk_config(cfg)
@@ -193,6 +201,7 @@ def add_fiber_config(cfg: CN) -> None:
     _add_data_config(cfg)
     _add_coarse_config(cfg)
     _add_solver_config(cfg)
+    _add_ema_config(cfg)
 
 
 def get_fiber_cfg() -> CN:

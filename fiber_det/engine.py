@@ -13,13 +13,16 @@ from detectron2.engine import (
     TrainerBase,
     create_ddp_model,
     default_setup,
+    hooks,
 )
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+from torch.nn.parallel import DistributedDataParallel
 
 from fiber_det import solver
 from fiber_det.checkpoint import FiberCheckpointer
 from fiber_det.config import add_fiber_config
+from fiber_det.ema import CHECKPOINT_KEY, EMAHook, WeightsEMA, load_ema_weights
 
 
 def setup_cfg(args) -> CfgNode:
@@ -37,10 +40,15 @@ def setup_cfg(args) -> CfgNode:
 
 
 def load_weights(cfg: CfgNode, model: torch.nn.Module, resume: bool) -> None:
-    """Load cfg.MODEL.WEIGHTS (or the last checkpoint in OUTPUT_DIR when `resume`)."""
-    FiberCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-        cfg.MODEL.WEIGHTS, resume=resume
-    )
+    """Load cfg.MODEL.WEIGHTS (or the last checkpoint in OUTPUT_DIR when `resume`); with
+    MODEL.EMA.ENABLED, the checkpoint's `model_ema` weights when it has them."""
+    checkpointer = FiberCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    if not cfg.MODEL.EMA.ENABLED:
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        return
+    resumed = resume and checkpointer.has_checkpoint()
+    path = checkpointer.get_checkpoint_file() if resumed else cfg.MODEL.WEIGHTS
+    load_ema_weights(checkpointer, model, path)
 
 
 class FiberTrainer(DefaultTrainer):
@@ -54,12 +62,16 @@ class FiberTrainer(DefaultTrainer):
     fails) and no `find_unused_parameters` (the coarse task models need it, see
     `find_unused_parameters`). Every other step is DefaultTrainer's, in its order;
     tests/test_upstream_contracts.py checks that DefaultTrainer still sets the same attributes.
+
+    With MODEL.EMA.ENABLED, `self.ema` averages the weights (fiber_det.ema): checkpoints carry
+    it as `model_ema` and evaluation, during and after training, uses it.
     """
 
     def __init__(self, cfg: CfgNode):
         TrainerBase.__init__(self)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
+        self.ema = WeightsEMA(model, cfg.MODEL.EMA.DECAY) if cfg.MODEL.EMA.ENABLED else None
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(
@@ -72,10 +84,39 @@ class FiberTrainer(DefaultTrainer):
         self._trainer = trainer_class(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = FiberCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        if self.ema is not None:
+            self.checkpointer.add_checkpointable(CHECKPOINT_KEY, self.ema)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+
+    def evaluation_model(self) -> torch.nn.Module:
+        """The EMA weights when enabled, else the trained model."""
+        return self.model if self.ema is None else self.ema.module
+
+    def build_hooks(self):
+        """DefaultTrainer's hooks; with EMA, its update before the checkpointer and evaluation
+        of the EMA weights."""
+        default_hooks = super().build_hooks()
+        if self.ema is None:
+            return default_hooks
+
+        def test_and_save_results():
+            self._last_eval_results = self.test(self.cfg, self.ema.module)
+            return self._last_eval_results
+
+        with_ema = [
+            hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, test_and_save_results)
+            if isinstance(hook, hooks.EvalHook)
+            else hook
+            for hook in default_hooks
+        ]
+        # after IterationTimer, LRScheduler and the PreciseBN slot: the average is up to date
+        # when the checkpointer saves and the evaluation runs
+        model = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+        with_ema.insert(3, EMAHook(self.ema, model))
+        return with_ema
 
     @classmethod
     def find_unused_parameters(cls, cfg: CfgNode) -> bool:

@@ -8,6 +8,10 @@
     python tools/demo.py --config-file configs/quickstart/grounding_tiny.yaml \
         --weights output/quickstart/grounding/model_final.pth ... [KEY VALUE ...]
 
+With `--dataset NAME=path/to.json:path/images` (a COCO-format json) the prompt is the json's
+category names and, without --input, the images are that folder's: a model trained with
+`tools/train_net.py --dataset ...` is looked at on the same data without writing its class list.
+
 --model takes a saved-model directory (GroundingPredictor.save_pretrained), a Hugging Face Hub
 repository holding one, an official FIBER-layout detector checkpoint (converted once and
 cached), or the alias desco-fiber-base. Without --model, --config-file and weights (--weights or
@@ -32,6 +36,12 @@ import torch
 from detectron2.utils.visualizer import Visualizer
 
 from fiber_det.config import get_fiber_cfg
+from fiber_det.data.datasets.user import (
+    add_dataset_argument,
+    check_names_tokenize,
+    dataset_class_names,
+)
+from fiber_det.data.prompts import SEPARATOR
 from fiber_det.predictor import GroundingPredictor, GroundingResult
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -49,13 +59,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--random-weights", action="store_true", help="no weights: a random model (for testing)"
     )
     parser.add_argument("--device", help="cpu, cuda, ... (default: the config's, else cpu)")
-    parser.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
-    parser.add_argument("--prompt", required=True, help='"cat. remote control." or a sentence')
+    parser.add_argument("--input", nargs="+", help="image files and/or folders")
+    parser.add_argument("--prompt", help='"cat. remote control." or a sentence')
+    add_dataset_argument(parser)
     parser.add_argument("--phrases", nargs="*", default=None, help="phrases of a sentence prompt")
     parser.add_argument("--output", required=True, help="folder for the PNGs and the JSON")
     parser.add_argument("--score-thresh", type=float, default=0.3, help="keep scores >= this")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(args.dataset) > 1 or (args.dataset and args.prompt):
+        parser.error("give one --dataset or a --prompt, not both")
+    if not args.dataset and not (args.prompt and args.input):
+        parser.error("--input and --prompt are required without --dataset")
+    return args
 
 
 def list_images(inputs: list[str]) -> list[Path]:
@@ -156,14 +172,25 @@ def draw(image_bgr, found: list[dict]):
 def run(args: argparse.Namespace) -> dict:
     """Predict, draw and write every image; an image that cannot be read or predicted is
     reported, listed under "skipped" and passed over. Returns the JSON document written."""
-    names, caption, spans = parse_prompt(args.prompt, args.phrases)
-    images = list_images(args.input)
+    if args.dataset:
+        spec = args.dataset[0]
+        names, caption, spans = dataset_class_names(spec.json_file), None, None
+        images = list_images(args.input or [spec.image_root])
+    else:
+        names, caption, spans = parse_prompt(args.prompt, args.phrases)
+        images = list_images(args.input)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--output {out_dir} is a file, not a folder")
     predictor = build_predictor(args)
+    if args.dataset:
+        check_names_tokenize(names, predictor.tokenizer, args.dataset[0].json_file)
     out_dir.mkdir(parents=True, exist_ok=True)
-    document = {"prompt": args.prompt, "score_thresh": args.score_thresh, "images": []}
+    document = {
+        "prompt": args.prompt or SEPARATOR.join(names),
+        "score_thresh": args.score_thresh,
+        "images": [],
+    }
     document["labels"] = predictor.prompts(names, caption, spans)[1]
     document["skipped"] = []
     for index, path in enumerate(images):

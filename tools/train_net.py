@@ -2,7 +2,11 @@
 """Train or evaluate the FIBER grounding detector with detectron2's DefaultTrainer.
 
     python tools/train_net.py --config-file configs/... [--eval-only] [--save-pretrained DIR] \
-        [KEY VALUE ...]
+        [--dataset NAME=path/to.json:path/images ...] [KEY VALUE ...]
+
+--dataset registers a COCO-format detection json (its category names become the prompt) or an
+MDETR-format grounding json under NAME, for DATASETS.TRAIN / DATASETS.TEST to use, e.g.
+`--dataset trees_train=train.json:images DATASETS.TRAIN '("trees_train",)'`.
 
 Evaluation picks its protocol from each test set's `evaluator_type` (COCO / LVIS + Fixed AP /
 ODinW / Flickr30k Entities / RefCOCO*); with ODinW test sets the per-dataset AP table and the
@@ -20,6 +24,7 @@ from detectron2.utils import comm
 
 import fiber_det  # noqa: F401  (registers datasets and model parts)
 from fiber_det.data.datasets.catalog import check_dataset_name, get_tagged_dataset_dicts
+from fiber_det.data.datasets.user import add_dataset_argument, register_dataset_specs
 from fiber_det.data.grounding_mapper import GroundingDatasetMapper
 from fiber_det.data.tokenizer import build_tokenizer, check_tokenizer_fits
 from fiber_det.engine import FiberTrainer, load_weights, setup_cfg
@@ -71,7 +76,10 @@ def save_model_directory(cfg, model, directory: str) -> None:
 
 def main(args):
     cfg = setup_cfg(args)
-    check_tokenizer_fits(build_tokenizer(cfg.INPUT.TEXT.TOKENIZER), cfg)
+    tokenizer = build_tokenizer(cfg.INPUT.TEXT.TOKENIZER)
+    check_tokenizer_fits(tokenizer, cfg)
+    if args.dataset:
+        register_dataset_specs(args.dataset, tokenizer)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         load_weights(cfg, model, args.resume)
@@ -80,15 +88,16 @@ def main(args):
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
-        model = trainer.model
+        model = trainer.evaluation_model()
     if args.save_pretrained:
         save_model_directory(cfg, model, args.save_pretrained)
     return results
 
 
 def argument_parser():
-    """detectron2's argument parser plus --save-pretrained."""
+    """detectron2's argument parser plus --save-pretrained and --dataset."""
     parser = default_argument_parser()
+    add_dataset_argument(parser)
     parser.add_argument(
         "--save-pretrained",
         metavar="DIR",

@@ -92,6 +92,20 @@ def test_demo_writes_png_and_json_matching_the_model(demo_setup):
         assert np.abs(picture.astype(int) - image).sum() > 0  # boxes were drawn
 
 
+def test_demo_takes_the_prompt_and_images_from_a_dataset_json(demo_setup):
+    tmp, _ = demo_setup
+    categories = [{"id": 7, "name": "blue"}, {"id": 2, "name": "red"}]
+    content = {"images": [], "annotations": [], "categories": categories}
+    (tmp / "classes.json").write_text(json.dumps(content))
+    argv = ["--config-file", str(tmp / "tiny.yaml"), "--weights", str(tmp / "model.pth")]
+    argv += ["--dataset", f"demo_set={tmp / 'classes.json'}:{tmp / 'images'}"]
+    document = _demo().main([*argv, "--output", str(tmp / "d"), "--score-thresh", "0"])
+    assert document["labels"] == ["red", "blue"] and document["prompt"] == "red. blue"
+    assert len(document["images"]) == len(SCENES)
+    with pytest.raises(SystemExit):
+        _demo().main([*argv, "--prompt", "red.", "--output", str(tmp / "e")])
+
+
 def test_demo_reports_missing_weights(demo_setup):
     tmp, _ = demo_setup
     argv = ["--config-file", str(tmp / "tiny.yaml"), "--weights", str(tmp / "missing.pth")]
