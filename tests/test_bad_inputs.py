@@ -3,7 +3,6 @@ field, key or argument), nothing is dropped silently, and pickled code never run
 
 import json
 import logging
-import os
 
 import cv2
 import numpy as np
@@ -21,17 +20,8 @@ from fiber_det.predictor import GroundingPredictor
 from tests.data.formats import coco_json, flickr_json
 from tests.data.test_grounding_mapper import _mapper
 from tests.modeling.grounding.tiny_detector import build_tiny_detector, draw_scene
+from tests.pickle_payload import RunsCode
 from tests.tools.test_demo import _demo
-
-
-class RunsCode:
-    """Unpickling this runs `touch <marker>`: what a malicious weights file would do."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 names its culprit (file, keys, argument). Pickled code in a weights file is proven inert."""
 
 import logging
-import os
 
 import numpy as np
 import pytest
@@ -11,16 +10,7 @@ from safetensors.torch import save_file
 
 from fiber_det.predictor import GroundingPredictor
 from tests.modeling.grounding.tiny_detector import NAMES, build_tiny_detector
-
-
-class RunsCode:
-    """Unpickling this runs `touch <marker>`: what a malicious weights file would do."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+from tests.pickle_payload import RunsCode
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ back to the newest checkpoint that loads (saying which it skipped), and checkpoi
 without unpickling anything."""
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from fiber_det.checkpoint import FiberCheckpointer
+from tests.pickle_payload import RunsCode
 
 KILLED_SAVE = textwrap.dedent(
     """
@@ -37,16 +37,6 @@ KILLED_SAVE = textwrap.dedent(
     checkpointer.save("model_0000002", iteration=2)
     """
 )
-
-
-class RunsCode:
-    """Unpickling this runs `touch <marker>`: what a malicious weights file would do."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def _model(value: float = 0.0) -> torch.nn.Linear:
