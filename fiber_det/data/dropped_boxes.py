@@ -24,12 +24,12 @@ class DroppedBoxCounter:
     dropped: dict[str, int] = field(default_factory=dict)
 
     def add(self, dataset: str, seen: int, dropped: int, example: str = "") -> None:
-        """Count one record's boxes; log when the dataset's dropped count reaches a power of
-        two; raise when more than half of its boxes were dropped."""
+        """Count one record's boxes; log the first drop and each time the dataset's dropped count
+        passes a power of two; raise when more than half of its boxes were dropped."""
         before = self.dropped.get(dataset, 0)
         self.seen[dataset] = self.seen.get(dataset, 0) + seen
         self.dropped[dataset] = total = before + dropped
-        if dropped and (total & (total - 1) == 0 or before == 0):
+        if dropped and total.bit_length() > before.bit_length():
             logger.warning(
                 f"{dataset}: {total} of {self.seen[dataset]} training boxes so far dropped "
                 f"because their phrase falls past INPUT.TEXT.MAX_QUERY_LEN={self.max_query_len} "
