@@ -29,5 +29,6 @@ setup(
         "test": ["pytest>=8,<10", "ruff>=0.6,<1", "selenium>=4.20,<5"],
         "coarse": ["pyarrow>=14,<20"],
         "serve": ["gradio>=6,<7"],
+        "export": ["onnx>=1.17,<2", "onnxscript>=0.5,<1", "onnxruntime>=1.20,<2"],
     },
 )
