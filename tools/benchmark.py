@@ -11,6 +11,7 @@ max_memory_allocated) belongs to that case alone.
 import argparse
 
 import benchmark_coarse  # noqa: F401  (registers coarse, caption, retrieval)
+import benchmark_export  # noqa: F401  (registers export)
 import benchmark_fine  # noqa: F401  (registers trunk, detector, deform-conv)
 from benchmark_common import SUBCOMMANDS
 

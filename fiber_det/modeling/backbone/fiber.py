@@ -49,10 +49,10 @@ class ImagePrefix:
 
     def repeat(self, times: int) -> "ImagePrefix":
         """Each image repeated `times` times, image-major (image 0's copies first)."""
-        if times == 1:
+        if isinstance(times, int) and times == 1:  # a SymInt while exporting: no shortcut
             return self
-        rows = torch.arange(self.tokens.shape[0], device=self.tokens.device)
-        return self.select(rows.repeat_interleave(times))
+        count = self.tokens.shape[0] * times
+        return self.select(torch.arange(count, device=self.tokens.device) // times)
 
 
 @dataclass

@@ -267,13 +267,14 @@ class FusedRoberta(nn.Module):
 
         `past_length`: tokens already decoded before these (incremental decoding: their
         positions continue after the past ones)."""
-        if input_ids.max() >= self.config.vocab_size or input_ids.min() < 0:
+        exporting = torch.compiler.is_exporting()  # data-dependent checks: the runner's job
+        if not exporting and (input_ids.max() >= self.config.vocab_size or input_ids.min() < 0):
             raise ValueError(
                 f"input_ids hold values outside [0, {self.config.vocab_size}): "
                 f"min {int(input_ids.min())}, max {int(input_ids.max())}"
             )
         positions = self.position_ids(input_ids, past_length)
-        if positions.max() >= self.config.max_position_embeddings:
+        if not exporting and positions.max() >= self.config.max_position_embeddings:
             raise ValueError(
                 f"input_ids of length {past_length + input_ids.shape[1]} exceed the text "
                 f"model's max_position_embeddings {self.config.max_position_embeddings}"

@@ -38,22 +38,31 @@ def window_and_shift(height: int, width: int, window: int, shifted: bool, policy
     return window, (window // 2 if shifted else 0)
 
 
+def shift_regions(size: int, window: int, shift: int) -> torch.Tensor:
+    """(size,) region index 0 / 1 / 2 of each row (or column) of a padded grid: before the last
+    window, inside it before the last `shift`, in the last `shift`."""
+    index = torch.arange(size)
+    return (index >= size - window).long() + (index >= size - shift).long()
+
+
+def build_shift_mask(padded_h: int, padded_w: int, window: int, shift: int) -> torch.Tensor:
+    """(nW, w*w, w*w) additive float32 mask separating the regions the cyclic shift made
+    adjacent (the nine-region labelling of the original Swin). Tensor ops only, so that
+    torch.export traces it for any (symbolic) grid size."""
+    region = 3 * shift_regions(padded_h, window, shift)[:, None]
+    region = region + shift_regions(padded_w, window, shift)[None, :]
+    windows = region.reshape(padded_h // window, window, padded_w // window, window)
+    windows = windows.permute(0, 2, 1, 3).reshape(-1, window * window)
+    different = windows[:, None, :] != windows[:, :, None]
+    return torch.zeros(different.shape).masked_fill(different, SHIFT_MASK_LOGIT)
+
+
 @lru_cache(maxsize=64)
 def shift_mask(
     padded_h: int, padded_w: int, window: int, shift: int, device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
-    """(nW, w*w, w*w) additive mask separating the regions the cyclic shift made adjacent
-    (the nine-region labelling of the original Swin), cached per size, device and dtype."""
-    region = torch.zeros(padded_h, padded_w)
-    bounds = ((0, -window), (-window, -shift), (-shift, None))
-    for index, (h0, h1) in enumerate(bounds):
-        for jndex, (w0, w1) in enumerate(bounds):
-            region[h0:h1, w0:w1] = 3 * index + jndex
-    windows = region.view(padded_h // window, window, padded_w // window, window)
-    windows = windows.permute(0, 2, 1, 3).reshape(-1, window * window)
-    different = windows[:, None, :] != windows[:, :, None]
-    mask = torch.zeros(different.shape).masked_fill(different, SHIFT_MASK_LOGIT)
-    return mask.to(device=device, dtype=dtype)
+    """`build_shift_mask` cached per size, device and dtype (eager runs)."""
+    return build_shift_mask(padded_h, padded_w, window, shift).to(device=device, dtype=dtype)
 
 
 def partition_windows(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -125,7 +134,10 @@ class SwinBlock(nn.Module):
         mask = None
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-            mask = shift_mask(padded_h, padded_w, window, shift, x.device, x.dtype)
+            if torch.compiler.is_exporting():
+                mask = build_shift_mask(padded_h, padded_w, window, shift).to(x)
+            else:
+                mask = shift_mask(padded_h, padded_w, window, shift, x.device, x.dtype)
         out = self.attn(partition_windows(x, window), mask=mask)
         out = merge_windows(out, window, padded_h, padded_w)
         if shift:

@@ -21,13 +21,19 @@ from typing import Protocol, runtime_checkable
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
-from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from fiber_det.modeling.grounding.anchors import GridAnchors
 from fiber_det.modeling.grounding.atss import ATSSMatcher
 from fiber_det.modeling.grounding.box_coder import BoxCoder, continuous_to_plus_one
+from fiber_det.modeling.grounding.decoding import (
+    FlatOutputs,
+    decode_row,
+    flatten_head_outputs,
+    merge_chunks,
+    pad_columns,
+)
 from fiber_det.modeling.grounding.head import HeadOutputs, build_grounding_head
 from fiber_det.modeling.grounding.inference import GroundingPostProcessor
 from fiber_det.modeling.grounding.losses import GroundingLoss
@@ -53,13 +59,6 @@ class TextConditionedBackbone(Protocol):
     def encode_image_prefix(self, images): ...
 
     def forward_from_prefix(self, prefix, input_ids, attention_mask=None): ...
-
-
-def pad_columns(positive_map: torch.Tensor, length: int) -> torch.Tensor:
-    """(K, L') binary map -> (K, length) with zero columns for padded tokens."""
-    if positive_map.shape[1] > length:
-        raise ValueError(f"positive map has {positive_map.shape[1]} columns for {length} tokens")
-    return nn.functional.pad(positive_map.float(), (0, length - positive_map.shape[1]))
 
 
 def check_inputs(batched_inputs: list[dict], training: bool) -> None:
@@ -133,13 +132,7 @@ class GroundingDetector(nn.Module):
                 grounding.FOCAL_GAMMA,
                 grounding.REG_LOSS_WEIGHT,
             ),
-            "postprocessor": GroundingPostProcessor(
-                box_coder,
-                grounding.SCORE_THRESH_TEST,
-                grounding.PRE_NMS_TOPK_TEST,
-                grounding.NMS_THRESH_TEST,
-                cfg.TEST.DETECTIONS_PER_IMAGE,
-            ),
+            "postprocessor": build_postprocessor(cfg),
             "in_features": list(grounding.IN_FEATURES),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -152,10 +145,12 @@ class GroundingDetector(nn.Module):
 
     def preprocess_image(self, batched_inputs: list[dict]) -> ImageList:
         """Normalise and pad (to the backbone's size divisibility) -> ImageList (B, 3, H, W)."""
-        images = [
-            (x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs
-        ]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        return normalize_and_pad(
+            [x["image"] for x in batched_inputs],
+            self.pixel_mean,
+            self.pixel_std,
+            self.backbone.size_divisibility,
+        )
 
     def _text_tensors(self, prompts: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded input_ids and attention_mask (P, L) on the model's device."""
@@ -229,36 +224,47 @@ class GroundingDetector(nn.Module):
             prompts = [
                 x["prompts"][min(k, len(x["prompts"]) - 1)] for x in batched_inputs for k in ks
             ]
-            output = self.backbone.forward_from_prefix(prefix, *self._text_tensors(prompts))
-            outputs, anchors = self._head(output)
+            flat = self.flat_outputs_from_prefix(prefix, *self._text_tensors(prompts))
             for index, x in enumerate(batched_inputs):
                 for offset, k in enumerate(ks):
                     if k < len(x["prompts"]):
                         row = index * len(ks) + offset
                         size = images.image_sizes[index]
                         detections[index].append(
-                            self._decode(outputs, anchors, row, x["prompts"][k], size)
+                            decode_row(self.postprocessor, flat, row, x["prompts"][k], size)
                         )
         results = []
         for x, chunks, size in zip(batched_inputs, detections, images.image_sizes):
-            merged = Instances.cat(chunks)
             height, width = x.get("height", size[0]), x.get("width", size[1])
-            results.append({"instances": detector_postprocess(merged, height, width)})
+            results.append({"instances": merge_chunks(chunks, height, width)})
         return results
 
-    def _decode(
-        self, outputs: HeadOutputs, anchors, row: int, prompt: dict, image_size
-    ) -> Instances:
-        """Detections of batch row `row` for `prompt`; pred_classes = prompt["labels"][k]."""
-        length = outputs.token_logits[0].shape[-1]
-        positive_map = pad_columns(prompt["positive_map"], length).to(self.device)
-        instances = self.postprocessor(
-            [b[row].permute(1, 2, 0).reshape(-1, 4) for b in outputs.box_regression],
-            [c[row].reshape(-1) for c in outputs.centerness],
-            [t[row] for t in outputs.token_logits],
-            anchors,
-            positive_map,
-            image_size,
+    def flat_outputs_from_prefix(
+        self, prefix, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> FlatOutputs:
+        """Image prefix of B images and (k*B, L) texts (image-major) -> FlatOutputs of k*B rows."""
+        outputs, anchors = self._head(
+            self.backbone.forward_from_prefix(prefix, input_ids, attention_mask)
         )
-        instances.pred_classes = prompt["labels"].to(self.device)[instances.pred_classes]
-        return instances
+        return flatten_head_outputs(outputs, anchors)
+
+
+def build_postprocessor(cfg) -> GroundingPostProcessor:
+    """The inference post-processor of cfg.MODEL.GROUNDING's test thresholds."""
+    grounding = cfg.MODEL.GROUNDING
+    return GroundingPostProcessor(
+        BoxCoder(),
+        grounding.SCORE_THRESH_TEST,
+        grounding.PRE_NMS_TOPK_TEST,
+        grounding.NMS_THRESH_TEST,
+        cfg.TEST.DETECTIONS_PER_IMAGE,
+    )
+
+
+def normalize_and_pad(
+    images: list[torch.Tensor], pixel_mean: torch.Tensor, pixel_std: torch.Tensor, divisor: int
+) -> ImageList:
+    """(3, H_i, W_i) pixel images -> normalised ImageList (B, 3, H, W) padded with zeros to a
+    multiple of `divisor`; mean / std (3, 1, 1)."""
+    normalized = [(x.to(pixel_mean.device) - pixel_mean) / pixel_std for x in images]
+    return ImageList.from_tensors(normalized, divisor)
