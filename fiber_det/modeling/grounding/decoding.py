@@ -34,13 +34,16 @@ class FlatOutputs:
 def flatten_head_outputs(outputs: HeadOutputs, anchors: list[torch.Tensor]) -> FlatOutputs:
     """Per-level head outputs and anchors (A_l, 4) -> one FlatOutputs (levels concatenated,
     locations row-major within a level)."""
-    levels = [torch.full((len(a),), level, dtype=torch.int64) for level, a in enumerate(anchors)]
+    # zeros_like keeps the length symbolic in an exported graph (torch.full would bake it in)
+    levels = [
+        torch.zeros_like(a[:, 0], dtype=torch.int64) + level for level, a in enumerate(anchors)
+    ]
     return FlatOutputs(
         torch.cat([b.permute(0, 2, 3, 1).flatten(1, 2) for b in outputs.box_regression], 1),
         torch.cat([c.flatten(1) for c in outputs.centerness], 1),
         torch.cat(outputs.token_logits, 1),
         torch.cat(anchors),
-        torch.cat(levels).to(anchors[0].device),
+        torch.cat(levels),
     )
 
 
