@@ -11,7 +11,8 @@ max_memory_allocated) belongs to that case alone.
 import argparse
 
 import benchmark_coarse  # noqa: F401  (registers coarse, caption, retrieval)
-import benchmark_fine  # noqa: F401  (registers trunk, detector, deform-conv)
+import benchmark_fine  # noqa: F401  (registers trunk, detector)
+import benchmark_head  # noqa: F401  (registers deform-conv, head)
 from benchmark_common import SUBCOMMANDS
 
 
