@@ -22,14 +22,15 @@ def deform_conv_flops(batch: int, channels: int, height: int, width: int) -> int
 
 
 def measure_deform_conv(shape: str, iterations: int) -> dict:
-    """One DyHead deformable 3x3 conv on (B, C, H, W) = `shape`: forward (no autograd) of
-    torchvision's kernel, the grid_sample path and the gather path, and forward + backward of
-    torchvision's kernel and the grid_sample path (the one used for training on CPU)."""
+    """One DyHead deformable 3x3 conv on (B, C, H, W) = `shape`. Forward without autograd
+    (inference) of torchvision's kernel, the grid_sample path and the gather path; forward +
+    backward of torchvision's kernel and the grid_sample path (the one used for training)."""
     from torchvision.ops import deform_conv2d
 
     from fiber_det.modeling.grounding.deform_conv import (
         gathered_deform_conv2d,
         modulated_deform_conv2d,
+        sampled_deform_conv2d,
     )
 
     batch, channels, height, width = (int(v) for v in shape.split("x"))
@@ -47,11 +48,13 @@ def measure_deform_conv(shape: str, iterations: int) -> dict:
 
     result = {"shape": shape, "threads": torch.get_num_threads()}
     with torch.no_grad():
+        result["torchvision_fwd_ms"] = best_ms(torchvision_path, iterations)
+        result["grid_sample_fwd_ms"] = best_ms(
+            lambda: sampled_deform_conv2d(x, offset, weight, 1, 1, mask), iterations
+        )
         gather_ms = best_ms(
             lambda: gathered_deform_conv2d(x, offset, weight, 1, 1, mask), iterations
         )
-        result["torchvision_fwd_ms"] = best_ms(torchvision_path, iterations)
-    result["grid_sample_fwd_ms"] = best_ms(grid_sample_path, iterations)  # autograd recording
     result["gather_fwd_ms"] = gather_ms
     for name, forward in (("torchvision", torchvision_path), ("grid_sample", grid_sample_path)):
         result[f"{name}_fwd_bwd_ms"] = best_ms(lambda f=forward: f().sum().backward(), iterations)
@@ -88,15 +91,20 @@ def fiber_b_head(text_len: int):
 
 def measure_head(text_len: int, iterations: int) -> dict:
     """FIBER-B head inference: FLOPs (torch.utils.flop_counter; the deformable convs count as
-    their GEMMs), time of the inference path (gather conv) and of the same forward recording
-    autograd (the grid_sample path, which inference used before), and the matmul rate."""
+    their GEMMs), time with the gather conv (the inference path) and with the grid_sample conv
+    (what inference ran before; swapped in for this measurement only), and the matmul rate."""
+    from fiber_det.modeling.grounding import deform_conv
+
     head, features, text = fiber_b_head(text_len)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         head(features, text)
     with torch.no_grad():
         inference_ms = best_ms(lambda: head(features, text), iterations)
-    recording_ms = best_ms(lambda: head(features, text), iterations)
+        gathered = deform_conv.gathered_deform_conv2d
+        deform_conv.gathered_deform_conv2d = deform_conv.sampled_deform_conv2d
+        recording_ms = best_ms(lambda: head(features, text), iterations)
+        deform_conv.gathered_deform_conv2d = gathered
     flops = counter.get_total_flops()
     rate = matmul_gflops()
     achieved = flops / inference_ms / 1e6

@@ -87,16 +87,32 @@ def modulated_deform_conv2d(
             f"{expected[1]}) and mask (B, {taps}, ...); got {tuple(offset.shape)} and "
             f"{tuple(mask.shape)}"
         )
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, offset, weight, mask))):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, offset, weight, mask)):
+        out = sampled_deform_conv2d(x, offset, weight, stride, padding, mask)
+    else:
         out = gathered_deform_conv2d(x, offset, weight, stride, padding, mask)
-        return out if bias is None else out + bias[None, :, None, None]
+    return out if bias is None else out + bias[None, :, None, None]
+
+
+def sampled_deform_conv2d(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int,
+    padding: int,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """The conv without bias through `grid_sample` and one einsum (differentiable):
+    x (B, C, H, W) -> (B, O, Ho, Wo)."""
+    batch, channels = x.shape[:2]
+    out_channels, _, kernel_h, kernel_w = weight.shape
+    taps, (out_h, out_w) = kernel_h * kernel_w, offset.shape[-2:]
     grid = sampling_grid(offset, (kernel_h, kernel_w), stride, padding, x.shape[-2:])
     sampled = torch.nn.functional.grid_sample(
         x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
     ).view(batch, channels, taps, out_h, out_w)
     columns = (sampled * mask[:, None]).flatten(1, 2)
-    out = torch.einsum("bkhw,ok->bohw", columns, weight.reshape(out_channels, -1))
-    return out if bias is None else out + bias[None, :, None, None]
+    return torch.einsum("bkhw,ok->bohw", columns, weight.reshape(out_channels, -1))
 
 
 def bilinear_corners(

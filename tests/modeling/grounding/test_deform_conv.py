@@ -92,7 +92,7 @@ def test_inference_gather_path_equals_torchvision(
     bias = torch.randn(5, generator=generator)
     expected = deform_conv2d(x, offset, weight, bias, stride, 1, mask=mask)
     monkeypatch.setattr(deform_conv, "LOCATIONS_PER_BLOCK", block)
-    monkeypatch.setattr(deform_conv, "sampling_grid", None)  # no grad: grid_sample never used
+    monkeypatch.setattr(deform_conv, "sampled_deform_conv2d", None)  # no grad: never used
     with torch.no_grad():
         actual = modulated_deform_conv2d(x, offset, weight, bias, stride, 1, mask)
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
