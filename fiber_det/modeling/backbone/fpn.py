@@ -89,6 +89,10 @@ class FiberFPNBackbone(Backbone):
         """The text tower alone (fusion off): ids / mask (P, L) -> TextFeatures (P, L, D)."""
         return self.trunk.encode_text(input_ids, attention_mask)
 
+    def text_tower_state_dict(self) -> dict[str, torch.Tensor]:
+        """The text tower's weights: all that `encode_text` depends on."""
+        return self.trunk.text_tower_state_dict()
+
     def encode_image_prefix(self, images: torch.Tensor) -> ImagePrefix:
         """The text-independent prefix of the trunk, to reuse across prompts."""
         return self.trunk.encode_image_prefix(images)
