@@ -26,7 +26,8 @@ def subcommand(name: str, help: str, arguments: list[tuple[list[str], dict]]):
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
+    """Peak resident memory of this whole process so far, weights included (Linux ru_maxrss is
+    in KiB); every case runs in its own child process, so this is that case's peak."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
