@@ -165,8 +165,8 @@ def gathered_deform_conv2d(
     indices = indices.view(batch, locations * taps, 4)
     weights = weights.view(batch, locations * taps, 4)
     tables = torch.cat([x.flatten(2), x.new_zeros(batch, channels, 1)], dim=2).transpose(1, 2)
-    matrix = weight.permute(0, 2, 3, 1).reshape(out_channels, taps * channels).t()
-    out = x.new_empty(batch, locations, out_channels)
+    matrix = weight.permute(0, 2, 3, 1).reshape(out_channels, taps * channels)
+    out = x.new_empty(batch, out_channels, locations)
     block = LOCATIONS_PER_BLOCK
     for image in range(batch):
         table = tables[image].contiguous()
@@ -176,6 +176,8 @@ def gathered_deform_conv2d(
                 indices[image, rows], table, per_sample_weights=weights[image, rows], mode="sum"
             )
             torch.mm(
-                columns.view(-1, taps * channels), matrix, out=out[image, first : first + block]
+                matrix,
+                columns.view(-1, taps * channels).t(),
+                out=out[image, :, first : first + block],
             )
-    return out.transpose(1, 2).reshape(batch, out_channels, out_h, out_w)
+    return out.view(batch, out_channels, out_h, out_w)
