@@ -152,9 +152,9 @@ def gathered_deform_conv2d(
 
     Each image goes channels last with one zero pixel appended, (H*W + 1, C). For
     LOCATIONS_PER_BLOCK output locations at a time, one `embedding_bag` sums the four weighted
-    corners of every (location, tap) into columns (block, K*C) and one GEMM with the weight
-    (K*C, O) gives their outputs; blocks keep the columns in cache instead of materialising
-    (Ho*Wo, K*C).
+    corners of every (location, tap) into columns (block, K*C) and one GEMM, weight (O, K*C) x
+    columns^T, writes their outputs into the contiguous (B, O, Ho*Wo) result; blocks keep the
+    columns in cache instead of materialising (Ho*Wo, K*C).
     """
     batch, channels, height, width = x.shape
     out_channels, _, kernel_h, kernel_w = weight.shape
