@@ -73,8 +73,8 @@ def modulated_deform_conv2d(
     mask (B, K, Ho, Wo) -> (B, O, Ho, Wo). On CPU: grid_sample, then one matrix product."""
     if x.device.type != "cpu":
         return torchvision_deform_conv2d(x, offset, weight, bias, stride, padding, mask=mask)
-    batch, channels, height, width = x.shape
-    out_channels, _, kernel_h, kernel_w = weight.shape
+    height, width = x.shape[-2:]
+    kernel_h, kernel_w = weight.shape[-2:]
     taps, (out_h, out_w) = kernel_h * kernel_w, offset.shape[-2:]
     expected = (
         (height + 2 * padding - kernel_h) // stride + 1,
