@@ -25,6 +25,12 @@ from fiber_det.data.prompts import (
 from fiber_det.data.tokenizer import build_tokenizer, check_tokenizer_fits
 from fiber_det.hub import resolve_model_directory
 from fiber_det.pretrained import load_pretrained_config, save_pretrained
+from fiber_det.vocabulary_cache import (
+    Vocabulary,
+    cache_identity,
+    load_vocabulary_text,
+    save_vocabulary_text,
+)
 
 logger = logging.getLogger(__name__)
 NO_WEIGHTS = (
@@ -51,6 +57,11 @@ class GroundingPredictor:
     one HxWx3 uint8 BGR array (as cv2.imread gives) or a list of them, run `batch_size` at a
     time; the detector groups them by padded size, so a batched call returns what
     one-at-a-time calls return.
+
+    Fast mode for a fixed class list: `vocabulary = predictor.vocabulary(names, cache=path)`
+    then `predictor(images, vocabulary=vocabulary)`. Cross-attention is off (the dual-encoder
+    switch): the text features are computed once (saved to `path`, reloaded by later runs),
+    the image and DyHead towers run once per image and every chunk is only scored.
     """
 
     def __init__(
@@ -137,6 +148,31 @@ class GroundingPredictor:
         prompt = build_grounding_prompt(caption, spans, self.tokenizer, max_len, strict=True)
         return [prompt], labels
 
+    def vocabulary(self, names: Sequence[str], cache: str | Path | None = None) -> Vocabulary:
+        """The fast mode's `Vocabulary` of `names`: fusion-off text features (P, L, D) of its
+        prompt chunks, read from `cache` when that file exists (VocabularyCacheMismatch if it
+        was built for other names, chunking, tokenizer or text weights), else computed and,
+        with `cache`, saved there."""
+        prompts, names = self.prompts(names=names)
+        if cache is None:
+            return Vocabulary(names, prompts, self._encode_vocabulary(prompts))
+        identity = cache_identity(
+            names,
+            self.tokenizer,
+            self.model.backbone.text_tower_state_dict(),
+            self.cfg.INPUT.TEXT.MAX_QUERY_LEN,
+            self.cfg.TEST.CHUNK_SIZE,
+        )
+        if Path(cache).exists():
+            return Vocabulary(names, prompts, load_vocabulary_text(cache, identity))
+        text_embedded = self._encode_vocabulary(prompts)
+        save_vocabulary_text(cache, text_embedded, identity)
+        return Vocabulary(names, prompts, text_embedded)
+
+    @torch.no_grad()
+    def _encode_vocabulary(self, prompts: list[dict]) -> torch.Tensor:
+        return self.model.encode_vocabulary(prompts).cpu()
+
     def _input(self, image: np.ndarray, prompts: list[dict]) -> dict:
         check_image(image)
         if self.input_format == "RGB":
@@ -160,14 +196,26 @@ class GroundingPredictor:
         names: Sequence[str] | None = None,
         caption: str | None = None,
         phrase_spans: Sequence[Sequence[Span]] | None = None,
+        vocabulary: Vocabulary | None = None,
     ) -> GroundingResult | list[GroundingResult]:
-        """Detections for one image (a GroundingResult) or for a list (a list of them)."""
+        """Detections for one image (a GroundingResult) or for a list (a list of them); with
+        `vocabulary` (and no names / caption) in the fast mode."""
         single = isinstance(images, np.ndarray)
-        prompts, label_names = self.prompts(names, caption, phrase_spans)
+        if vocabulary is None:
+            prompts, label_names = self.prompts(names, caption, phrase_spans)
+        elif names is None and caption is None:
+            prompts, label_names = vocabulary.prompts, vocabulary.names
+        else:
+            raise ValueError("give `vocabulary` alone, without `names` or `caption`")
         inputs = [self._input(image, prompts) for image in ([images] if single else images)]
         results = []
         for start in range(0, len(inputs), self.batch_size):
-            for output in self.model(inputs[start : start + self.batch_size]):
+            batch = inputs[start : start + self.batch_size]
+            if vocabulary is None:
+                outputs = self.model(batch)
+            else:
+                outputs = self.model.inference_unfused(batch, prompts, vocabulary.text_embedded)
+            for output in outputs:
                 instances = output["instances"].to("cpu")
                 labels = [label_names[c] for c in instances.pred_classes.tolist()]
                 results.append(GroundingResult(instances, labels))

@@ -4,15 +4,18 @@
 
 Each subcommand is one function registered with `@subcommand(name, help, arguments)`; adding
 one (e.g. `coarse`) means adding one decorated function. Every measurement runs in a fresh
-child process so that peak memory (CPU: peak RSS growth during the forwards; GPU: torch's
-max_memory_allocated) belongs to that case alone.
+child process so that peak memory (CPU: the child's peak RSS, ru_maxrss, weights included;
+GPU: torch's max_memory_allocated) belongs to that case alone. `targets` runs the cases of
+issue 17's targets and prints each figure with its ratio.
 """
 
 import argparse
 
 import benchmark_coarse  # noqa: F401  (registers coarse, caption, retrieval)
 import benchmark_export  # noqa: F401  (registers export)
-import benchmark_fine  # noqa: F401  (registers trunk, detector, deform-conv)
+import benchmark_fine  # noqa: F401  (registers trunk, detector)
+import benchmark_head  # noqa: F401  (registers deform-conv, head)
+import benchmark_targets  # noqa: F401  (registers targets)
 from benchmark_common import SUBCOMMANDS
 
 

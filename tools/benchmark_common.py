@@ -26,8 +26,16 @@ def subcommand(name: str, help: str, arguments: list[tuple[list[str], dict]]):
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux ru_maxrss is in KiB)."""
+    """Peak resident memory of this whole process so far, weights included (Linux ru_maxrss is
+    in KiB); every case runs in its own child process, so this is that case's peak."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(size: int = 2048, iterations: int = 3) -> float:
+    """This machine's fp32 matmul rate now: best of `iterations` (size, size) @ (size, size)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = min(time_calls(lambda: a @ b, iterations, 1, "cpu"))
+    return round(2 * size**3 / best / 1e6, 1)
 
 
 def time_calls(function: Callable, iterations: int, warmup: int, device: str) -> list[float]:

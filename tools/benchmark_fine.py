@@ -1,4 +1,4 @@
-"""tools/benchmark.py subcommands of the fused trunk, the grounding detector and its DyHead conv."""
+"""tools/benchmark.py subcommands of the fused trunk and the grounding detector."""
 
 import json
 import os
@@ -51,7 +51,6 @@ def measure_trunk_case(args) -> dict:
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rss_before = peak_rss_mib()
     with torch.no_grad(), autocast:
         full = time_calls(
             lambda: backbone(images, input_ids, attention_mask), args.iters, args.warmup, device
@@ -64,10 +63,7 @@ def measure_trunk_case(args) -> dict:
             0,
             device,
         )
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = peak_rss_mib() - rss_before
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mib()
     return {
         "model": args.model,
         "size": args.size,
@@ -164,7 +160,6 @@ def measure_detector_case(args) -> dict:
     with tempfile.TemporaryDirectory() as tokenizer_dir:
         prompts = vocabulary_prompts(args.num_classes, args.chunk, tokenizer_dir)
     request = {"image": image, "height": height, "width": width}
-    rss_before = peak_rss_mib()
     with torch.no_grad():
         reused = time_calls(
             lambda: model([{**request, "prompts": prompts}]), 1, 0, cfg.MODEL.DEVICE
@@ -179,7 +174,7 @@ def measure_detector_case(args) -> dict:
         "prompts": len(prompts),
         "prefix_reused_s": round(reused[0] / 1000, 2),
         "each_chunk_from_scratch_s": round(scratch[0] / 1000, 2),
-        "peak_rss_growth_mib": round(peak_rss_mib() - rss_before, 1),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
     }
 
 
@@ -205,46 +200,3 @@ def benchmark_detector(args) -> None:
         for num_classes in args.num_classes:
             argv = ["detector", "--case", model, str(num_classes), "--size", args.size]
             print(json.dumps(run_child(argv + ["--chunk", str(args.chunk)])), flush=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# deformable conv
-
-
-def measure_deform_conv(shape: str, iterations: int) -> dict:
-    """Forward + backward of one DyHead deformable 3x3 conv on (B, C, H, W) = `shape`, on CPU:
-    torchvision's kernel versus fiber_det's grid_sample path (the one used on CPU)."""
-    from torchvision.ops import deform_conv2d
-
-    from fiber_det.modeling.grounding.deform_conv import modulated_deform_conv2d
-
-    batch, channels, height, width = (int(v) for v in shape.split("x"))
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, channels, height, width, generator=generator).requires_grad_()
-    offset = torch.randn(batch, 18, height, width, generator=generator).requires_grad_()
-    mask = torch.rand(batch, 9, height, width, generator=generator).requires_grad_()
-    weight = torch.randn(channels, channels, 3, 3, generator=generator).requires_grad_()
-
-    cases = {
-        "torchvision": lambda: deform_conv2d(x, offset, weight, None, 1, 1, mask=mask),
-        "grid_sample": lambda: modulated_deform_conv2d(x, offset, weight, None, 1, 1, mask),
-    }
-    result = {"shape": shape, "threads": torch.get_num_threads()}
-    for name, forward in cases.items():
-        times = time_calls(lambda f=forward: f().sum().backward(), iterations, 1, "cpu")
-        result[f"{name}_fwd_bwd_ms"] = round(sorted(times)[len(times) // 2], 1)
-    return result
-
-
-@subcommand(
-    "deform-conv",
-    "DyHead deformable conv forward + backward on CPU: torchvision vs the grid_sample path",
-    [
-        (["--shapes"], {"nargs": "+", "default": ["8x32x28x28", "1x256x50x84"]}),
-        (["--iterations"], {"type": int, "default": 5}),
-    ],
-)
-def benchmark_deform_conv(args) -> None:
-    """Print one JSON line per input shape (B x C x H x W), median of the timed calls."""
-    for shape in args.shapes:
-        print(json.dumps(measure_deform_conv(shape, args.iterations)), flush=True)

@@ -65,6 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--phrases", nargs="*", default=None, help="phrases of a sentence prompt")
     parser.add_argument("--output", required=True, help="folder for the PNGs and the JSON")
     parser.add_argument("--score-thresh", type=float, default=0.3, help="keep scores >= this")
+    parser.add_argument(
+        "--vocabulary-cache",
+        metavar="FILE",
+        help="fast mode for a class list (fusion off): its text features are read from FILE, "
+        "or computed once and saved there",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     if len(args.dataset) > 1 or (args.dataset and args.prompt):
@@ -72,6 +78,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.dataset and not (args.prompt and args.input):
         parser.error("--input and --prompt are required without --dataset")
     return args
+
+
+def prediction_request(predictor: GroundingPredictor, args, names, caption, spans) -> dict:
+    """The predictor's keyword arguments: the prompt, or with --vocabulary-cache the cached
+    fast-mode vocabulary of the class names."""
+    if not args.vocabulary_cache:
+        return {"names": names, "caption": caption, "phrase_spans": spans}
+    if names is None:
+        raise ValueError("--vocabulary-cache needs class names ('a. b.'), not a sentence")
+    return {"vocabulary": predictor.vocabulary(names, cache=args.vocabulary_cache)}
 
 
 def list_images(inputs: list[str]) -> list[Path]:
@@ -193,10 +209,10 @@ def run(args: argparse.Namespace) -> dict:
     }
     document["labels"] = predictor.prompts(names, caption, spans)[1]
     document["skipped"] = []
+    request = prediction_request(predictor, args, names, caption, spans)
     for index, path in enumerate(images):
         try:
             output = out_dir / f"{index:03d}_{path.stem}.png"
-            request = {"names": names, "caption": caption, "phrase_spans": spans}
             entry = predict_one(predictor, path, output, request, args.score_thresh)
         except (ValueError, RuntimeError, cv2.error) as error:
             print(f"[demo] skipped {path}: {error}", file=sys.stderr)

@@ -92,6 +92,29 @@ def test_demo_writes_png_and_json_matching_the_model(demo_setup):
         assert np.abs(picture.astype(int) - image).sum() > 0  # boxes were drawn
 
 
+def test_demo_fast_mode_writes_the_cache_and_reloads_it(demo_setup):
+    tmp, cfg = demo_setup
+    cache = tmp / "red_blue.safetensors"
+    argv = ["--config-file", str(tmp / "tiny.yaml"), "--weights", str(tmp / "model.pth")]
+    argv += ["--input", str(tmp / "images"), "--prompt", "red. blue.", "--score-thresh", "0"]
+    argv += ["--vocabulary-cache", str(cache)]
+    first = _demo().main([*argv, "--output", str(tmp / "fast1")])
+    assert cache.is_file()
+    second = _demo().main([*argv, "--output", str(tmp / "fast2")])
+    assert [e["detections"] for e in first["images"]] == [e["detections"] for e in second["images"]]
+    cfg = cfg.clone()
+    cfg.MODEL.WEIGHTS = str(tmp / "model.pth")
+    predictor = GroundingPredictor(cfg)
+    image = cv2.imread(str(tmp / "images" / "scene0.png"))
+    expected = predictor(image, vocabulary=predictor.vocabulary(["red", "blue"]))
+    assert len(first["images"][0]["detections"]) == len(expected.instances) == 5
+    assert max(d["score"] for d in first["images"][0]["detections"]) == pytest.approx(
+        float(expected.instances.scores.max()), abs=1e-4
+    )
+    with pytest.raises(SystemExit, match="different class names"):
+        _demo().main([*argv[:-4], "--prompt", "red.", *argv[-2:], "--output", str(tmp / "f3")])
+
+
 def test_demo_takes_the_prompt_and_images_from_a_dataset_json(demo_setup):
     tmp, _ = demo_setup
     categories = [{"id": 7, "name": "blue"}, {"id": 2, "name": "red"}]

@@ -211,6 +211,10 @@ class FiberTrunk(nn.Module):
         hidden = self.text_backbone.encode(input_ids, attention_mask)
         return TextFeatures(hidden, attention_mask, hidden * attention_mask[..., None])
 
+    def text_tower_state_dict(self) -> dict[str, torch.Tensor]:
+        """The text tower's weights: all that `encode_text` depends on."""
+        return self.text_backbone.state_dict()
+
     def encode_image_prefix(self, images: torch.Tensor) -> ImagePrefix:
         """Patch embedding and every block before the first fused one: (B, 3, H, W) -> prefix."""
         stop = self.image_backbone.first_fused_block

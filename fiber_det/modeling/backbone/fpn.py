@@ -79,6 +79,20 @@ class FiberFPNBackbone(Backbone):
         """images (B, 3, H, W) normalised and padded to 32; ids / mask (k * B, L)."""
         return self._with_fpn(self.trunk(images, input_ids, attention_mask))
 
+    def encode_image(self, images: torch.Tensor) -> FiberBackboneOutput:
+        """The image tower alone (fusion off, dual-encoder mode): FPN features, `text` None."""
+        return self._with_fpn(self.trunk(images))
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> TextFeatures:
+        """The text tower alone (fusion off): ids / mask (P, L) -> TextFeatures (P, L, D)."""
+        return self.trunk.encode_text(input_ids, attention_mask)
+
+    def text_tower_state_dict(self) -> dict[str, torch.Tensor]:
+        """The text tower's weights: all that `encode_text` depends on."""
+        return self.trunk.text_tower_state_dict()
+
     def encode_image_prefix(self, images: torch.Tensor) -> ImagePrefix:
         """The text-independent prefix of the trunk, to reuse across prompts."""
         return self.trunk.encode_image_prefix(images)

@@ -128,9 +128,10 @@ class SwinBlock(nn.Module):
                 f"{height}x{width} grid but this block was built for {self.window_size}: set "
                 "MODEL.FIBER.SWIN.WINDOW_SIZE to image_size / 32"
             )
-        pad_h, pad_w = (-height) % window, (-width) % window
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-        padded_h, padded_w = height + pad_h, width + pad_w
+        # ceil division keeps an exported graph's symbolic sizes simple (a modulo does not)
+        padded_h = (height + window - 1) // window * window
+        padded_w = (width + window - 1) // window * window
+        x = F.pad(x, (0, 0, 0, padded_w - width, 0, padded_h - height))
         mask = None
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))

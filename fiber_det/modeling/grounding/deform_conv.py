@@ -2,13 +2,44 @@
 
 torchvision's `deform_conv2d` is the reference; its CPU backward is a scalar loop that takes
 about two thirds of a tiny detector's CPU training step. On CPU this module computes the same
-function with `grid_sample` (zero-padded bilinear sampling, exactly torchvision's rule: corners
-outside the image contribute 0) and one matrix product, which autograd differentiates with
-vectorised kernels. On other devices torchvision's kernel is used.
+function in one of two ways, both with torchvision's bilinear rule (corners outside the image
+contribute 0):
+
+- when a gradient is needed, `grid_sample` and one matrix product, which autograd
+  differentiates with vectorised kernels;
+- otherwise (inference) the four corners of every tap are read by index arithmetic and summed
+  with their bilinear weights times the mask in one `embedding_bag` gather, channels last, so
+  that the taps of an output location are contiguous and one GEMM per level finishes the conv.
+
+On other devices torchvision's kernel is used.
 """
 
 import torch
 from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
+
+LOCATIONS_PER_BLOCK = 512  # output locations per gather + GEMM: (512, 9 * 256) fp32 is 4.7 MB
+
+
+def sampling_positions(
+    offset: torch.Tensor, kernel_size: tuple[int, int], stride: int, padding: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates y, x (B, K, Ho, Wo) of every tap k of every output.
+
+    offset (B, 2K, Ho, Wo) holds (dy, dx) per tap, taps in row-major kernel order
+    (torchvision's layout); tap (i, j) of output (y, x) samples the input at
+    (y * stride - padding + i + dy, x * stride - padding + j + dx).
+    """
+    batch, _, out_h, out_w = offset.shape
+    kernel_h, kernel_w = kernel_size
+    dtype, device = offset.dtype, offset.device
+    taps_y = torch.arange(kernel_h, dtype=dtype, device=device).repeat_interleave(kernel_w)
+    taps_x = torch.arange(kernel_w, dtype=dtype, device=device).repeat(kernel_h)
+    base_y = torch.arange(out_h, dtype=dtype, device=device) * stride - padding
+    base_x = torch.arange(out_w, dtype=dtype, device=device) * stride - padding
+    offset = offset.view(batch, kernel_h * kernel_w, 2, out_h, out_w)
+    y = base_y[None, None, :, None] + taps_y[None, :, None, None] + offset[:, :, 0]
+    x = base_x[None, None, None, :] + taps_x[None, :, None, None] + offset[:, :, 1]
+    return y, x
 
 
 def sampling_grid(
@@ -18,23 +49,11 @@ def sampling_grid(
     padding: int,
     input_size: tuple[int, int],
 ) -> torch.Tensor:
-    """Normalised grid_sample coordinates (B, K * Ho, Wo, 2) of every tap k of every output.
-
-    offset (B, 2K, Ho, Wo) holds (dy, dx) per tap, taps in row-major kernel order
-    (torchvision's layout); tap (i, j) of output (y, x) samples the input at
-    (y * stride - padding + i + dy, x * stride - padding + j + dx).
-    """
+    """Normalised grid_sample coordinates (B, K * Ho, Wo, 2) of `sampling_positions`."""
     batch, _, out_h, out_w = offset.shape
     kernel_h, kernel_w = kernel_size
     height, width = input_size
-    dtype, device = offset.dtype, offset.device
-    taps_y = torch.arange(kernel_h, dtype=dtype, device=device).repeat_interleave(kernel_w)
-    taps_x = torch.arange(kernel_w, dtype=dtype, device=device).repeat(kernel_h)
-    base_y = torch.arange(out_h, dtype=dtype, device=device) * stride - padding
-    base_x = torch.arange(out_w, dtype=dtype, device=device) * stride - padding
-    offset = offset.view(batch, kernel_h * kernel_w, 2, out_h, out_w)
-    y = base_y[None, None, :, None] + taps_y[None, :, None, None] + offset[:, :, 0]
-    x = base_x[None, None, None, :] + taps_x[None, :, None, None] + offset[:, :, 1]
+    y, x = sampling_positions(offset, kernel_size, stride, padding)
     # align_corners=False: pixel p sits at normalised (2p + 1) / size - 1
     grid = torch.stack([(2 * x + 1) / width - 1, (2 * y + 1) / height - 1], dim=-1)
     return grid.view(batch, kernel_h * kernel_w * out_h, out_w, 2)
@@ -54,8 +73,8 @@ def modulated_deform_conv2d(
     mask (B, K, Ho, Wo) -> (B, O, Ho, Wo). On CPU: grid_sample, then one matrix product."""
     if x.device.type != "cpu":
         return torchvision_deform_conv2d(x, offset, weight, bias, stride, padding, mask=mask)
-    batch, channels, height, width = x.shape
-    out_channels, _, kernel_h, kernel_w = weight.shape
+    height, width = x.shape[-2:]
+    kernel_h, kernel_w = weight.shape[-2:]
     taps, (out_h, out_w) = kernel_h * kernel_w, offset.shape[-2:]
     expected = (
         (height + 2 * padding - kernel_h) // stride + 1,
@@ -68,10 +87,101 @@ def modulated_deform_conv2d(
             f"{expected[1]}) and mask (B, {taps}, ...); got {tuple(offset.shape)} and "
             f"{tuple(mask.shape)}"
         )
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, offset, weight, mask)
+    )
+    # the grid_sample path is the one that exports (ONNX GridSample); the gather path is eager
+    if needs_grad or torch.compiler.is_exporting():
+        out = sampled_deform_conv2d(x, offset, weight, stride, padding, mask)
+    else:
+        out = gathered_deform_conv2d(x, offset, weight, stride, padding, mask)
+    return out if bias is None else out + bias[None, :, None, None]
+
+
+def sampled_deform_conv2d(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int,
+    padding: int,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """The conv without bias through `grid_sample` and one einsum (differentiable):
+    x (B, C, H, W) -> (B, O, Ho, Wo)."""
+    batch, channels = x.shape[:2]
+    out_channels, _, kernel_h, kernel_w = weight.shape
+    taps, (out_h, out_w) = kernel_h * kernel_w, offset.shape[-2:]
     grid = sampling_grid(offset, (kernel_h, kernel_w), stride, padding, x.shape[-2:])
     sampled = torch.nn.functional.grid_sample(
         x, grid, mode="bilinear", padding_mode="zeros", align_corners=False
     ).view(batch, channels, taps, out_h, out_w)
     columns = (sampled * mask[:, None]).flatten(1, 2)
-    out = torch.einsum("bkhw,ok->bohw", columns, weight.reshape(out_channels, -1))
-    return out if bias is None else out + bias[None, :, None, None]
+    return torch.einsum("bkhw,ok->bohw", columns, weight.reshape(out_channels, -1))
+
+
+def bilinear_corners(
+    y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat pixel indices and weights (B, Ho, Wo, K, 4) of the four corners of every sample.
+
+    y, x, mask (B, K, Ho, Wo). A corner outside the H x W image gets index H * W (the zero row
+    appended by `gathered_deform_conv2d`); its weight is the bilinear weight times the mask.
+    """
+    y0, x0 = y.floor(), x.floor()
+    fy, fx = y - y0, x - x0
+    indices, weights = [], []
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            cy, cx = y0 + dy, x0 + dx
+            inside = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
+            flat = (cy.clamp(0, height - 1) * width + cx.clamp(0, width - 1)).long()
+            indices.append(torch.where(inside, flat, height * width))
+            weights.append(wy * wx * mask)
+    order = (0, 2, 3, 1, 4)  # (B, K, Ho, Wo, 4) -> (B, Ho, Wo, K, 4)
+    return (
+        torch.stack(indices, dim=-1).permute(order).contiguous(),
+        torch.stack(weights, dim=-1).permute(order).contiguous(),
+    )
+
+
+def gathered_deform_conv2d(
+    x: torch.Tensor,
+    offset: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int,
+    padding: int,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """The conv without bias, no autograd: x (B, C, H, W) -> (B, O, Ho, Wo).
+
+    Each image goes channels last with one zero pixel appended, (H*W + 1, C). For
+    LOCATIONS_PER_BLOCK output locations at a time, one `embedding_bag` sums the four weighted
+    corners of every (location, tap) into columns (block, K*C) and one GEMM, weight (O, K*C) x
+    columns^T, writes their outputs into the contiguous (B, O, Ho*Wo) result; blocks keep the
+    columns in cache instead of materialising (Ho*Wo, K*C).
+    """
+    batch, channels, height, width = x.shape
+    out_channels, _, kernel_h, kernel_w = weight.shape
+    out_h, out_w = offset.shape[-2:]
+    locations, taps = out_h * out_w, kernel_h * kernel_w
+    y, x_pos = sampling_positions(offset, (kernel_h, kernel_w), stride, padding)
+    indices, weights = bilinear_corners(y, x_pos, mask, height, width)
+    indices = indices.view(batch, locations * taps, 4)
+    weights = weights.view(batch, locations * taps, 4)
+    tables = torch.cat([x.flatten(2), x.new_zeros(batch, channels, 1)], dim=2).transpose(1, 2)
+    matrix = weight.permute(0, 2, 3, 1).reshape(out_channels, taps * channels)
+    out = x.new_empty(batch, out_channels, locations)
+    block = LOCATIONS_PER_BLOCK
+    for image in range(batch):
+        table = tables[image].contiguous()
+        for first in range(0, locations, block):
+            rows = slice(first * taps, min(first + block, locations) * taps)
+            columns = torch.nn.functional.embedding_bag(
+                indices[image, rows], table, per_sample_weights=weights[image, rows], mode="sum"
+            )
+            torch.mm(
+                matrix,
+                columns.view(-1, taps * channels).t(),
+                out=out[image, :, first : first + block],
+            )
+    return out.view(batch, out_channels, out_h, out_w)

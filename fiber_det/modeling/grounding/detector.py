@@ -48,6 +48,8 @@ class TextConditionedBackbone(Protocol):
     object with `features` ({name: (k*B, C, h, w)}) and `text` (`embedded` (k*B, L, D));
     `encode_image_prefix(images)` / `forward_from_prefix(prefix, input_ids, attention_mask)`
     split that forward at the first text-dependent block, so k prompts reuse one prefix.
+    `encode_image(images)` / `encode_text(input_ids, attention_mask)` run each tower alone
+    (fusion off, the fast mode for fixed vocabularies).
     """
 
     size_divisibility: int
@@ -59,6 +61,10 @@ class TextConditionedBackbone(Protocol):
     def encode_image_prefix(self, images): ...
 
     def forward_from_prefix(self, prefix, input_ids, attention_mask=None): ...
+
+    def encode_image(self, images): ...
+
+    def encode_text(self, input_ids, attention_mask=None): ...
 
 
 def check_inputs(batched_inputs: list[dict], training: bool) -> None:
@@ -199,15 +205,65 @@ class GroundingDetector(nn.Module):
         mixed-size batch would otherwise depend on its composition. Results therefore equal
         batch-1 results whatever the batch.
         """
+        return self._by_padded_size(batched_inputs, self._inference_same_size)
+
+    def _by_padded_size(self, batched_inputs: list[dict], run) -> list[dict]:
+        """`run(inputs)` on each group of inputs of equal padded size, results in input order."""
         groups: dict[tuple[int, int], list[int]] = {}
         for index, x in enumerate(batched_inputs):
             groups.setdefault(self.padded_size(x["image"]), []).append(index)
         results: list[dict] = [{} for _ in batched_inputs]
         for indices in groups.values():
-            outputs = self._inference_same_size([batched_inputs[i] for i in indices])
+            outputs = run([batched_inputs[i] for i in indices])
             for index, output in zip(indices, outputs):
                 results[index] = output
         return results
+
+    def encode_vocabulary(self, prompts: list[dict]) -> torch.Tensor:
+        """Fusion-off text features of P prompt chunks, (P, L, D) with padded tokens 0 (L the
+        longest chunk): computed once per vocabulary (and cacheable) for `inference_unfused`."""
+        return self.backbone.encode_text(*self._text_tensors(prompts)).embedded
+
+    def inference_unfused(
+        self, batched_inputs: list[dict], prompts: list[dict], text_embedded: torch.Tensor
+    ) -> list[dict]:
+        """Fast mode for a fixed vocabulary (fusion off: the paper's dual-encoder switch).
+
+        The image tower and the DyHead tower run once per image; each of the P `prompts`
+        (chunks) is then only scored: its tokens `text_embedded[k]` (from `encode_vocabulary`,
+        (P, L, D)) against the shared tower, and decoded as the chunked inference decodes it.
+        `batched_inputs` are image dicts (their "prompts", if any, are not read).
+        """
+        if text_embedded.shape[0] != len(prompts):
+            raise ValueError(
+                f"text features of {text_embedded.shape[0]} prompts for {len(prompts)} prompts"
+            )
+        text_embedded = text_embedded.to(self.device)
+
+        def run(group: list[dict]) -> list[dict]:
+            return self._inference_unfused_same_size(group, prompts, text_embedded)
+
+        return self._by_padded_size(batched_inputs, run)
+
+    def _inference_unfused_same_size(
+        self, batched_inputs: list[dict], prompts: list[dict], text_embedded: torch.Tensor
+    ) -> list[dict]:
+        """`inference_unfused` for images of one padded size."""
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone.encode_image(images.tensor).features
+        levels = [features[f] for f in self.in_features]
+        tower, dense = self.head.dense(levels)
+        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in levels], self.device)
+        detections: list[list[Instances]] = [[] for _ in batched_inputs]
+        for k, prompt in enumerate(prompts):
+            text = text_embedded[k : k + 1, : prompt["input_ids"].shape[0]]
+            logits = self.head.token_logits(tower, text.expand(len(batched_inputs), -1, -1))
+            flat = flatten_head_outputs(
+                HeadOutputs(dense.box_regression, dense.centerness, logits), anchors
+            )
+            for index, size in enumerate(images.image_sizes):
+                detections[index].append(decode_row(self.postprocessor, flat, index, prompt, size))
+        return self._merge(batched_inputs, detections, images.image_sizes)
 
     def _inference_same_size(self, batched_inputs: list[dict]) -> list[dict]:
         """The image prefix once, then the prompt chunks `prompts_per_pass` at a time (all of
@@ -233,8 +289,13 @@ class GroundingDetector(nn.Module):
                         detections[index].append(
                             decode_row(self.postprocessor, flat, row, x["prompts"][k], size)
                         )
+        return self._merge(batched_inputs, detections, images.image_sizes)
+
+    @staticmethod
+    def _merge(batched_inputs: list[dict], detections: list[list[Instances]], sizes) -> list:
+        """Per input the chunks' detections concatenated, in original image coordinates."""
         results = []
-        for x, chunks, size in zip(batched_inputs, detections, images.image_sizes):
+        for x, chunks, size in zip(batched_inputs, detections, sizes):
             height, width = x.get("height", size[0]), x.get("width", size[1])
             results.append({"instances": merge_chunks(chunks, height, width)})
         return results

@@ -99,16 +99,31 @@ class GroundingHead(nn.Module):
 
     def forward(self, features: list[torch.Tensor], text_embedded: torch.Tensor) -> HeadOutputs:
         """features: list of (B, C, H_l, W_l); text_embedded (B, L, D) -> HeadOutputs."""
-        tokens, token_bias = self.text_tokens(text_embedded)
+        tower, outputs = self.dense(features)
+        outputs.token_logits = self.token_logits(tower, text_embedded)
+        return outputs
+
+    def dense(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], HeadOutputs]:
+        """The text-independent part: the DyHead tower's levels (B, C, H_l, W_l) and the
+        HeadOutputs' box regression and centerness (token_logits left empty)."""
         tower = self.tower(features)
         outputs = HeadOutputs([], [], [])
         for level, feature in enumerate(tower):
             outputs.box_regression.append(self.scales[level](self.bbox_pred(feature)))
             outputs.centerness.append(self.centerness(feature))
+        return tower, outputs
+
+    def token_logits(
+        self, tower: list[torch.Tensor], text_embedded: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Tower levels (B, C, H_l, W_l) x text (B, L, D) -> per level logits (B, H_l*W_l, L)."""
+        tokens, token_bias = self.text_tokens(text_embedded)
+        logits = []
+        for feature in tower:
             queries = feature.flatten(2).transpose(1, 2)
-            logits = queries @ tokens.transpose(1, 2) / self.log_scale.exp() + token_bias[:, None]
-            outputs.token_logits.append(logits.clamp(-self.logit_clamp, self.logit_clamp))
-        return outputs
+            level = queries @ tokens.transpose(1, 2) / self.log_scale.exp() + token_bias[:, None]
+            logits.append(level.clamp(-self.logit_clamp, self.logit_clamp))
+        return logits
 
 
 def build_grounding_head(cfg, input_shapes: list[ShapeSpec], text_dim: int) -> nn.Module:

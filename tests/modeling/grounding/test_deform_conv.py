@@ -5,7 +5,11 @@ import torch
 from torchvision.ops import deform_conv2d
 
 from fiber_det.modeling.grounding import deform_conv
-from fiber_det.modeling.grounding.deform_conv import modulated_deform_conv2d, sampling_grid
+from fiber_det.modeling.grounding.deform_conv import (
+    bilinear_corners,
+    modulated_deform_conv2d,
+    sampling_grid,
+)
 
 
 def _inputs(size: tuple[int, int], stride: int, offset_scale: float, integer: bool = False):
@@ -64,3 +68,40 @@ def test_offset_of_the_wrong_size_names_the_expected_shape():
     x, offset, weight, bias, mask = _inputs((7, 9), 1, 1.0)
     with pytest.raises(ValueError, match=r"needs offset \(B, 18, 7, 9\).*got \(2, 18, 4, 5\)"):
         modulated_deform_conv2d(x, offset[..., :4, :5], weight, bias, 1, 1, mask[..., :4, :5])
+
+
+@pytest.mark.parametrize(
+    "batch, channels, size, stride, offset_scale, block",
+    [
+        (2, 3, (7, 9), 1, 4.0, 5),  # taps far outside the image, blocks of 5 locations
+        (1, 8, (8, 6), 2, 2.0, 512),  # stride 2, one block
+        (3, 4, (5, 11), 1, 0.5, 7),  # last block shorter than the others
+        (1, 2, (1, 1), 1, 1.0, 1),
+    ],
+)
+def test_inference_gather_path_equals_torchvision(
+    batch, channels, size, stride, offset_scale, block, monkeypatch
+):
+    generator = torch.Generator().manual_seed(1)
+    height, width = size
+    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+    x = torch.randn(batch, channels, height, width, generator=generator)
+    offset = torch.randn(batch, 18, out_h, out_w, generator=generator) * offset_scale
+    mask = torch.rand(batch, 9, out_h, out_w, generator=generator)
+    weight = torch.randn(5, channels, 3, 3, generator=generator) / 3
+    bias = torch.randn(5, generator=generator)
+    expected = deform_conv2d(x, offset, weight, bias, stride, 1, mask=mask)
+    monkeypatch.setattr(deform_conv, "LOCATIONS_PER_BLOCK", block)
+    monkeypatch.setattr(deform_conv, "sampled_deform_conv2d", None)  # no grad: never used
+    with torch.no_grad():
+        actual = modulated_deform_conv2d(x, offset, weight, bias, stride, 1, mask)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+
+
+def test_gather_corners_hand_values():
+    # sample (y, x) = (0.25, 1.5) in a 2 x 2 image, mask 0.5: corners (0, 1), (0, 2), (1, 1),
+    # (1, 2); column 2 lies outside -> the zero pixel, index 4
+    y, x = torch.tensor([0.25]).view(1, 1, 1, 1), torch.tensor([1.5]).view(1, 1, 1, 1)
+    indices, weights = bilinear_corners(y, x, torch.full((1, 1, 1, 1), 0.5), 2, 2)
+    assert indices.flatten().tolist() == [1, 4, 3, 4]
+    assert weights.flatten().tolist() == [0.1875, 0.1875, 0.0625, 0.0625]

@@ -1,0 +1,161 @@
+"""`tools/benchmark.py targets`: the figures of the speed targets (issue 17), each with its ratio,
+every measurement in its own child process of one run.
+
+- trunk: fiber_det's FIBER-B trunk + FPN with 40 / 200 / 256 real tokens against the original
+  (`--fiber-src`: a microsoft/FIBER checkout, run through ../shared/official); peak RSS of both.
+- head: the FIBER-B head's GFLOP/s as a fraction of the matmul rate measured in the same child.
+- vocabulary: per-image cost of LVIS-1203 (40 classes per chunk, exact FIBER semantics: the
+  trunk's unfused prefix once, the fused blocks + head per chunk) against one COCO-80 prompt,
+  and the fast mode (fusion off, cached text) on both.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+from benchmark_common import matmul_gflops, peak_rss_mib, run_child, subcommand, time_calls
+
+OFFICIAL_SCRIPT = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)),
+    "..",
+    "..",
+    "shared",
+    "official",
+    "bench_official_trunk.py",
+)
+
+
+def seconds(function) -> float:
+    """Wall-clock seconds of one call (FIBER-B cases take seconds to minutes each)."""
+    return time_calls(function, 1, 0, "cpu")[0] / 1000
+
+
+def class_name_prompts(chunk: int) -> tuple[list[dict], list[dict]]:
+    """The prompts of LVIS v1's 1203 names (`chunk` per prompt) and of COCO's 80 names (as many
+    per prompt as the 256-token limit takes: one prompt of 176 tokens), tokenized by a byte-level
+    BPE trained on the two prompts' text (roberta-base is not on this machine)."""
+    from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
+    from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
+
+    from fiber_det.data.prompts import build_detection_prompts
+    from fiber_det.data.tokenizer import train_byte_level_bpe
+
+    lvis = [c["name"].replace("_", " ") for c in LVIS_CATEGORIES]
+    coco = [c["name"] for c in COCO_CATEGORIES if c["isthing"]]
+    with tempfile.TemporaryDirectory() as directory:
+        corpus = [". ".join(lvis) + ".", ". ".join(coco) + "."]
+        tokenizer = train_byte_level_bpe(corpus, directory, vocab_size=4000)
+    return (
+        build_detection_prompts(lvis, tokenizer, max_per_chunk=chunk),
+        build_detection_prompts(coco, tokenizer),
+    )
+
+
+def measure_vocabulary_case(model_name: str, size: str) -> dict:
+    """LVIS-1203 (chunks of 40) and COCO-80 (one prompt) per image, fused and fast mode."""
+    from benchmark_fine import detector_config
+    from detectron2.modeling import build_model
+
+    torch.manual_seed(0)
+    model = build_model(detector_config(model_name)).eval()
+    height, width = (int(v) for v in size.split("x"))
+    request = {
+        "image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8),
+        "height": height,
+        "width": width,
+    }
+    lvis, coco = class_name_prompts(40)
+    with torch.no_grad():
+        images = model.preprocess_image([request]).tensor
+        model([{**request, "prompts": coco}])  # warm-up
+        prefix_s = seconds(lambda: model.backbone.encode_image_prefix(images))
+        one_chunk_s = seconds(lambda: model([{**request, "prompts": lvis[:1]}]))
+        coco_s = seconds(lambda: model([{**request, "prompts": coco}]))
+        lvis_text, coco_text = model.encode_vocabulary(lvis), model.encode_vocabulary(coco)
+        fast_lvis_s = seconds(lambda: model.inference_unfused([request], lvis, lvis_text))
+        fast_coco_s = seconds(lambda: model.inference_unfused([request], coco, coco_text))
+    per_chunk_s = one_chunk_s - prefix_s
+    return {
+        "model": model_name,
+        "size": size,
+        "lvis_chunks": len(lvis),
+        "coco_prompts": len(coco),
+        "coco_tokens": int(max(p["input_ids"].numel() for p in coco)),
+        "prefix_once_s": round(prefix_s, 2),
+        "fused_blocks_and_head_per_chunk_s": round(per_chunk_s, 2),
+        "lvis_s": round(prefix_s + len(lvis) * per_chunk_s, 2),
+        "coco_s": round(coco_s, 2),
+        "fast_lvis_s": round(fast_lvis_s, 2),
+        "fast_coco_s": round(fast_coco_s, 2),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "matmul_gflops": matmul_gflops(),
+    }
+
+
+def official_trunk(fiber_src: str, size: str) -> dict:
+    """The original trunk's min time and peak RSS at `size` (its script: 40 real of 256 tokens)."""
+    height, width = size.split("x")
+    completed = subprocess.run(
+        [sys.executable, OFFICIAL_SCRIPT, height, width],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "FIBER_SRC": fiber_src, "HF_HUB_OFFLINE": "1"},
+    )
+    found = re.search(r"min ([\d.]+)\), peak RSS (\d+) MiB", completed.stdout)
+    if not found:
+        return {"error": (completed.stderr or completed.stdout).strip().splitlines()[-1:]}
+    return {"forward_s": float(found.group(1)), "peak_rss_mib": float(found.group(2))}
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    return round(numerator / denominator, 2)
+
+
+def trunk_rows(args) -> None:
+    """Print the trunk figures: fiber_det at 40 / 200 / 256 tokens, the official when given."""
+    for size in args.sizes:
+        official = official_trunk(args.fiber_src, size) if args.fiber_src else None
+        for text_len in (40, 200, 256):
+            argv = ["trunk", "--case", "fiber-b", size, "fp32", "--text-len", str(text_len)]
+            ours = run_child(argv + ["--iters", "2", "--warmup", "1"])
+            row = {"target": "trunk", "size": size, "real_tokens": text_len, "fiber_det": ours}
+            if official:
+                row["official_256_padded_40_real"] = official
+            if official and "forward_s" in official and "forward_ms" in ours:
+                row["speedup_vs_official"] = ratio(official["forward_s"] * 1000, ours["forward_ms"])
+                row["peak_rss_vs_official"] = ratio(ours["peak_mem_mib"], official["peak_rss_mib"])
+            print(json.dumps(row), flush=True)
+
+
+@subcommand(
+    "targets",
+    "issue 17's speed targets, each figure with its ratio (FIBER-B on CPU: tens of minutes)",
+    [
+        (["--parts"], {"nargs": "+", "default": ["head", "vocabulary", "trunk"]}),
+        (["--sizes"], {"nargs": "+", "default": ["384x384", "800x1344"]}),
+        (["--model"], {"default": "fiber-b"}),
+        (["--fiber-src"], {"help": "a microsoft/FIBER checkout: also time the original trunk"}),
+        (["--case"], {"nargs": 2, "metavar": ("MODEL", "SIZE"), "help": "internal"}),
+    ],
+)
+def benchmark_targets(args) -> None:
+    """Print one JSON line per figure."""
+    if args.case:
+        print(json.dumps(measure_vocabulary_case(*args.case)))
+        return
+    if "head" in args.parts:
+        head = run_child(["head", "--text-len", "200"])
+        print(json.dumps({"target": "head >= 0.60 of matmul", **head}), flush=True)
+    if "vocabulary" in args.parts:
+        case = run_child(["targets", "--case", args.model, "800x1333"])
+        if "coco_s" in case:
+            case["lvis_vs_coco (target <= 15)"] = ratio(case["lvis_s"], case["coco_s"])
+            case["fast_lvis_vs_coco (target <= 2)"] = ratio(case["fast_lvis_s"], case["coco_s"])
+        print(json.dumps({"target": "vocabulary", **case}), flush=True)
+    if "trunk" in args.parts:
+        trunk_rows(args)
