@@ -19,8 +19,9 @@ from fiber_det.predictor import GroundingPredictor
 from fiber_det.pretrained import standalone_config
 
 OPSET = 18
-# Example sizes of the trace; every dimension below is dynamic in the graph.
-EXAMPLE_BATCH, EXAMPLE_PROMPTS, EXAMPLE_LENGTH = 2, 2, 8
+# Example sizes of the trace (distinct, so that torch.export gives each its own symbol); every
+# dimension below is dynamic in the graph.
+EXAMPLE_BATCH, EXAMPLE_PROMPTS, EXAMPLE_LENGTH = 2, 3, 8
 
 
 def export_cfg(cfg: CfgNode) -> CfgNode:
@@ -33,11 +34,18 @@ def export_cfg(cfg: CfgNode) -> CfgNode:
     return cfg
 
 
-def dynamic_shapes(size_divisibility: int, fixed_vocabulary: bool) -> dict:
-    """Dynamic batch, image height and width (multiples of `size_divisibility`), number of
-    prompts and prompt length."""
-    height = size_divisibility * Dim("height_blocks", min=2, max=64)
-    width = size_divisibility * Dim("width_blocks", min=2, max=64)
+def min_image_blocks(cfg: CfgNode) -> int:
+    """The fewest `size_divisibility` blocks per image side of the graph: the last Swin stage
+    (one cell per block) must hold at least two windows, or torch.export would specialise the
+    graph to a one-window grid."""
+    return cfg.MODEL.FIBER.SWIN.WINDOW_SIZE + 1
+
+
+def dynamic_shapes(size_divisibility: int, min_blocks: int, fixed_vocabulary: bool) -> dict:
+    """Dynamic batch, image height and width (multiples of `size_divisibility`, at least
+    `min_blocks` of them), number of prompts and prompt length."""
+    height = size_divisibility * Dim("height_blocks", min=min_blocks, max=256)
+    width = size_divisibility * Dim("width_blocks", min=min_blocks, max=256)
     shapes = {"images": {0: Dim("batch", min=1, max=64), 2: height, 3: width}}
     if not fixed_vocabulary:
         text = {0: Dim("prompts", min=1, max=256), 1: Dim("length", min=2, max=512)}
@@ -59,8 +67,14 @@ def export_onnx(
     detector = predictor.model.eval()
     divisor = detector.backbone.size_divisibility
     pad_id = detector.backbone.text_pad_token_id
-    images = torch.zeros(EXAMPLE_BATCH, 3, 4 * divisor, 5 * divisor)
-    info = {"size_divisibility": divisor, "pad_token_id": pad_id, "opset": opset}
+    min_blocks = min_image_blocks(predictor.cfg)
+    images = torch.zeros(EXAMPLE_BATCH, 3, min_blocks * divisor, (min_blocks + 1) * divisor)
+    info = {
+        "size_divisibility": divisor,
+        "min_image_size": min_blocks * divisor,
+        "pad_token_id": pad_id,
+        "opset": opset,
+    }
     if names:
         text = pad_texts(predictor.prompts(names)[0], pad_id)
         graph = FixedVocabularyGraph(detector, text["input_ids"], text["attention_mask"])
@@ -70,7 +84,7 @@ def export_onnx(
         graph = GroundingGraph(detector)
         ids = torch.full((EXAMPLE_PROMPTS, EXAMPLE_LENGTH), pad_id, dtype=torch.int64)
         args = (images, ids, torch.ones_like(ids))
-    shapes = dynamic_shapes(divisor, fixed_vocabulary=bool(names))
+    shapes = dynamic_shapes(divisor, min_blocks, fixed_vocabulary=bool(names))
     with torch.no_grad():
         exported = torch.export.export(graph, args, dynamic_shapes=shapes, strict=False)
         program = torch.onnx.export(

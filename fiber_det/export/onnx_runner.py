@@ -26,7 +26,8 @@ CONFIG_NAME = "config.yaml"
 
 class OnnxGroundingModel:
     """An exported graph with the detector's inference contract. `info` is export.json:
-    size_divisibility, pad_token_id, and for a fixed-vocabulary graph its baked `input_ids`."""
+    size_divisibility, min_image_size, pad_token_id, and for a fixed-vocabulary graph its baked
+    `input_ids`."""
 
     def __init__(self, session, cfg: CfgNode, info: dict):
         self.session = session
@@ -62,6 +63,13 @@ class OnnxGroundingModel:
             self.pixel_std,
             self.info["size_divisibility"],
         )
+        smallest = self.info["min_image_size"]
+        if min(images.tensor.shape[-2:]) < smallest:
+            raise ValueError(
+                f"this graph takes images of at least {smallest}x{smallest} pixels after "
+                f"resizing and padding; got {tuple(images.tensor.shape[-2:])}: raise "
+                "INPUT.MIN_SIZE_TEST or export again with a smaller MODEL.FIBER.SWIN.WINDOW_SIZE"
+            )
         feeds = {"images": images.tensor.numpy()}
         text = pad_texts(prompts, self.info["pad_token_id"])
         baked = self.info.get("input_ids")

@@ -19,8 +19,9 @@ TWENTY_NAMES = NAMES + [
     "remote control", "cat", "dog", "traffic light", "purple", "orange", "small",
 ]  # fmt: skip
 PROMPTS = {"one class": ["red"], "twenty classes": TWENTY_NAMES}
-# (height, width) of the original images: padded to 128x128 and 128x224 after resizing
-IMAGE_SIZES = [(128, 128), (96, 160)]
+# (height, width) of the original images, resized to a shorter side of 160 and padded to
+# 160x160 and 160x288 (5 and 9 blocks of 32): the trace ran at 5x6 blocks
+IMAGE_SIZES = [(128, 128), (90, 160)]
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,7 @@ def exported(tiny_tokenizer, tmp_path_factory):
     model, cfg, _ = trained_tiny_detector(tiny_tokenizer)
     saved = save_pretrained(tmp_path_factory.mktemp("saved"), model, cfg, tiny_tokenizer)
     cfg = load_pretrained_config(saved, "cpu")
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 160, 320  # the graph's minimum is 160
     reference = GroundingPredictor(cfg)
     exporting = GroundingPredictor(export_cfg(cfg))
     prompt_graph = export_onnx(exporting, tmp_path_factory.mktemp("onnx"))
@@ -91,3 +93,12 @@ def test_fixed_vocabulary_graph(exported):
         _assert_same_detections(onnx_predictor(image, names=NAMES), reference(image, names=NAMES))
     with pytest.raises(ValueError, match="exported for the vocabulary"):
         onnx_predictor(image, names=["red"])
+
+
+def test_image_below_the_graph_minimum_is_refused(exported):
+    _, _, directory, _ = exported
+    onnx_predictor = load_onnx_predictor(directory, threads=1)
+    prompts = onnx_predictor.prompts(["red"])[0]
+    small = {"image": torch.zeros(3, 64, 96, dtype=torch.uint8), "prompts": prompts}
+    with pytest.raises(ValueError, match=r"at least 160x160 pixels .* got \(64, 96\)"):
+        onnx_predictor.model([small])

@@ -143,6 +143,11 @@ class SwinBlock(nn.Module):
         out = merge_windows(out, window, padded_h, padded_w)
         if shift:
             out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
+        if torch.compiler.is_exporting():
+            # whether a slice is a contiguous view depends on whether padding happened, which
+            # torch.export would fix to the traced size; index_select copies for any size
+            rows = torch.arange(height, device=out.device)
+            return out.index_select(1, rows).index_select(2, torch.arange(width, device=out.device))
         return out[:, :height, :width]
 
     def forward(
