@@ -87,9 +87,7 @@ def modulated_deform_conv2d(
             f"{expected[1]}) and mask (B, {taps}, ...); got {tuple(offset.shape)} and "
             f"{tuple(mask.shape)}"
         )
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, offset, weight, mask)
-    )
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, offset, weight, mask))
     if needs_grad:
         out = sampled_deform_conv2d(x, offset, weight, stride, padding, mask)
         return out if bias is None else out + bias[None, :, None, None]
