@@ -87,15 +87,13 @@ def modulated_deform_conv2d(
             f"{expected[1]}) and mask (B, {taps}, ...); got {tuple(offset.shape)} and "
             f"{tuple(mask.shape)}"
         )
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (x, offset, weight, mask)
-    )
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, offset, weight, mask))
     # the grid_sample path is the one that exports (ONNX GridSample); the gather path is eager
     if needs_grad or torch.compiler.is_exporting():
         out = sampled_deform_conv2d(x, offset, weight, stride, padding, mask)
-    else:
-        out = gathered_deform_conv2d(x, offset, weight, stride, padding, mask)
-    return out if bias is None else out + bias[None, :, None, None]
+        return out if bias is None else out + bias[None, :, None, None]
+    out = gathered_deform_conv2d(x, offset, weight, stride, padding, mask)
+    return out if bias is None else out.add_(bias[None, :, None, None])
 
 
 def sampled_deform_conv2d(
@@ -124,9 +122,10 @@ def bilinear_corners(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flat pixel indices and weights (B, Ho, Wo, K, 4) of the four corners of every sample.
 
-    y, x, mask (B, K, Ho, Wo). A corner outside the H x W image gets index H * W (the zero row
-    appended by `gathered_deform_conv2d`); its weight is the bilinear weight times the mask.
+    y, x, mask (B, K, Ho, Wo). A corner outside the H x W image gets index 0 and weight 0;
+    inside, its weight is the bilinear weight times the mask.
     """
+    y, x, mask = (t.permute(0, 2, 3, 1) for t in (y, x, mask))  # stacks land contiguous
     y0, x0 = y.floor(), x.floor()
     fy, fx = y - y0, x - x0
     indices, weights = [], []
@@ -135,13 +134,9 @@ def bilinear_corners(
             cy, cx = y0 + dy, x0 + dx
             inside = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
             flat = (cy.clamp(0, height - 1) * width + cx.clamp(0, width - 1)).long()
-            indices.append(torch.where(inside, flat, height * width))
-            weights.append(wy * wx * mask)
-    order = (0, 2, 3, 1, 4)  # (B, K, Ho, Wo, 4) -> (B, Ho, Wo, K, 4)
-    return (
-        torch.stack(indices, dim=-1).permute(order).contiguous(),
-        torch.stack(weights, dim=-1).permute(order).contiguous(),
-    )
+            indices.append(torch.where(inside, flat, 0))
+            weights.append(torch.where(inside, wy * wx * mask, 0.0))
+    return torch.stack(indices, dim=-1), torch.stack(weights, dim=-1)
 
 
 def gathered_deform_conv2d(
@@ -152,13 +147,14 @@ def gathered_deform_conv2d(
     padding: int,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """The conv without bias, no autograd: x (B, C, H, W) -> (B, O, Ho, Wo).
+    """The conv without bias, no autograd: x (B, C, H, W) -> (B, O, Ho, Wo) in channels-last
+    memory (what it reads fastest, so a DyHead tower stays channels last from block to block).
 
-    Each image goes channels last with one zero pixel appended, (H*W + 1, C). For
+    Each image is read as an (H*W, C) table (a view when x is channels last). For
     LOCATIONS_PER_BLOCK output locations at a time, one `embedding_bag` sums the four weighted
-    corners of every (location, tap) into columns (block, K*C) and one GEMM, weight (O, K*C) x
-    columns^T, writes their outputs into the contiguous (B, O, Ho*Wo) result; blocks keep the
-    columns in cache instead of materialising (Ho*Wo, K*C).
+    corners of every (location, tap) into columns (block, K*C) and one GEMM, columns x
+    weight^T (K*C, O), writes their rows of the (B, Ho*Wo, O) result; blocks keep the columns
+    in cache instead of materialising (Ho*Wo, K*C).
     """
     batch, channels, height, width = x.shape
     out_channels, _, kernel_h, kernel_w = weight.shape
@@ -168,9 +164,9 @@ def gathered_deform_conv2d(
     indices, weights = bilinear_corners(y, x_pos, mask, height, width)
     indices = indices.view(batch, locations * taps, 4)
     weights = weights.view(batch, locations * taps, 4)
-    tables = torch.cat([x.flatten(2), x.new_zeros(batch, channels, 1)], dim=2).transpose(1, 2)
+    tables = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
     matrix = weight.permute(0, 2, 3, 1).reshape(out_channels, taps * channels)
-    out = x.new_empty(batch, out_channels, locations)
+    out = x.new_empty(batch, locations, out_channels)
     block = LOCATIONS_PER_BLOCK
     for image in range(batch):
         table = tables[image].contiguous()
@@ -180,8 +176,6 @@ def gathered_deform_conv2d(
                 indices[image, rows], table, per_sample_weights=weights[image, rows], mode="sum"
             )
             torch.mm(
-                matrix,
-                columns.view(-1, taps * channels).t(),
-                out=out[image, :, first : first + block],
+                columns.view(-1, taps * channels), matrix.t(), out=out[image, first : first + block]
             )
-    return out.view(batch, out_channels, out_h, out_w)
+    return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)

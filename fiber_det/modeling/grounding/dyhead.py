@@ -47,7 +47,10 @@ class DyReLU(nn.Module):
         a1, b1, a2, b2 = torch.split(coeffs, self.channels, dim=1)
         a1 = (a1 - 0.5) * 2.0 + 1.0
         a2 = (a2 - 0.5) * 2.0
-        return torch.max(x * a1 + (b1 - 0.5), x * a2 + (b2 - 0.5))
+        first, second = torch.addcmul(b1 - 0.5, x, a1), torch.addcmul(b2 - 0.5, x, a2)
+        if torch.is_grad_enabled():
+            return torch.maximum(first, second)
+        return torch.maximum(first, second, out=first)
 
 
 class ModulatedDeformConvNorm(nn.Module):
@@ -119,10 +122,12 @@ class DyHeadBlock(nn.Module):
             parts.append(
                 F.interpolate(out, size=feature.shape[-2:], mode="bilinear", align_corners=True)
             )
-        stacked = torch.stack(parts)
-        pooled = stacked.mean(dim=(-2, -1), keepdim=True).flatten(0, 1)
-        weights = hard_sigmoid(F.relu(self.scale_attention(pooled)))
-        return (stacked * weights.view(len(parts), -1, 1, 1, 1)).mean(dim=0)
+        pooled = torch.cat([part.mean(dim=(-2, -1), keepdim=True) for part in parts])
+        weights = hard_sigmoid(F.relu(self.scale_attention(pooled))).split(len(feature))
+        mean = parts[0].mul_(weights[0])  # a fresh map; its producers kept no reference
+        for part, weight in zip(parts[1:], weights[1:]):
+            mean = mean.addcmul_(part, weight)
+        return mean.div_(len(parts))
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         return [self.task_attention(self._level(features, lvl)) for lvl in range(len(features))]

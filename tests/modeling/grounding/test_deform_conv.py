@@ -100,8 +100,23 @@ def test_inference_gather_path_equals_torchvision(
 
 def test_gather_corners_hand_values():
     # sample (y, x) = (0.25, 1.5) in a 2 x 2 image, mask 0.5: corners (0, 1), (0, 2), (1, 1),
-    # (1, 2); column 2 lies outside -> the zero pixel, index 4
+    # (1, 2); column 2 lies outside -> index 0 with weight 0
     y, x = torch.tensor([0.25]).view(1, 1, 1, 1), torch.tensor([1.5]).view(1, 1, 1, 1)
     indices, weights = bilinear_corners(y, x, torch.full((1, 1, 1, 1), 0.5), 2, 2)
-    assert indices.flatten().tolist() == [1, 4, 3, 4]
-    assert weights.flatten().tolist() == [0.1875, 0.1875, 0.0625, 0.0625]
+    assert indices.flatten().tolist() == [1, 0, 3, 0]
+    assert weights.flatten().tolist() == [0.1875, 0.0, 0.0625, 0.0]
+
+
+def test_gather_path_reads_and_writes_channels_last():
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 6, 5, 7, generator=generator)
+    offset = torch.randn(2, 18, 5, 7, generator=generator)
+    mask = torch.rand(2, 9, 5, 7, generator=generator)
+    weight = torch.randn(4, 6, 3, 3, generator=generator)
+    expected = deform_conv2d(x, offset, weight, None, 1, 1, mask=mask)
+    with torch.no_grad():
+        actual = modulated_deform_conv2d(
+            x.contiguous(memory_format=torch.channels_last), offset, weight, None, 1, 1, mask
+        )
+    assert actual.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
