@@ -32,6 +32,7 @@ def exported(tiny_tokenizer, tmp_path_factory):
     model, cfg, _ = trained_tiny_detector(tiny_tokenizer)
     saved = save_pretrained(tmp_path_factory.mktemp("saved"), model, cfg, tiny_tokenizer)
     cfg = load_pretrained_config(saved, "cpu")
+    cfg.defrost()
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 160, 320  # the graph's minimum is 160
     reference = GroundingPredictor(cfg)
     exporting = GroundingPredictor(export_cfg(cfg))
