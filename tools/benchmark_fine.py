@@ -5,7 +5,7 @@ import os
 import statistics
 
 import torch
-from benchmark_common import peak_rss_mib, run_child, subcommand, time_calls
+from benchmark_common import matmul_gflops, peak_rss_mib, run_child, subcommand, time_calls
 
 GROUNDING_CONFIG = "configs/Base-FIBER-Grounding.yaml"
 
@@ -64,6 +64,9 @@ def measure_trunk_case(args) -> dict:
             device,
         )
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mib()
+    rate = {}
+    if args.flops and device == "cpu":
+        rate = work_rate(lambda: backbone(images, input_ids, attention_mask), min(full))
     return {
         "model": args.model,
         "size": args.size,
@@ -77,6 +80,25 @@ def measure_trunk_case(args) -> dict:
         "prefix_ms": round(min(prefix_ms), 1),
         "fused_part_ms": round(min(fused_ms), 1),
         "peak_mem_mib": round(peak, 1),
+        **rate,
+    }
+
+
+def work_rate(forward, forward_ms: float) -> dict:
+    """GFLOP of one `forward` (torch.utils.flop_counter), the GFLOP/s it ran at in
+    `forward_ms`, and that as a fraction of the fp32 matmul rate measured now."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        forward()
+    achieved = counter.get_total_flops() / forward_ms / 1e6
+    rate = matmul_gflops()
+    return {
+        "gflop": round(counter.get_total_flops() / 1e9, 1),
+        "gflops": round(achieved, 1),
+        "matmul_gflops": rate,
+        "fraction_of_matmul": round(achieved / rate, 2),
     }
 
 
@@ -91,6 +113,7 @@ def measure_trunk_case(args) -> dict:
         (["--iters"], {"type": int, "default": 2}),
         (["--warmup"], {"type": int, "default": 1}),
         (["--no-sdpa"], {"dest": "sdpa", "action": "store_false"}),
+        (["--flops"], {"action": "store_true", "help": "also GFLOP/s vs the matmul rate (CPU)"}),
         (
             ["--bf16-cpu-all"],
             {"action": "store_true", "help": "also run FIBER-B in bf16 on CPU (hours)"},

@@ -2,7 +2,8 @@
 every measurement in its own child process of one run.
 
 - trunk: fiber_det's FIBER-B trunk + FPN with 40 / 200 / 256 real tokens against the original
-  (`--fiber-src`: a microsoft/FIBER checkout, run through ../shared/official); peak RSS of both.
+  (`--fiber-src`: a microsoft/FIBER checkout, run through ../shared/official); peak RSS of both;
+  at 256 tokens (the original's work) also GFLOP/s as a fraction of the matmul rate.
 - head: the FIBER-B head's GFLOP/s as a fraction of the matmul rate measured in the same child.
 - vocabulary: per-image cost of LVIS-1203 (40 classes per chunk, exact FIBER semantics: the
   trunk's unfused prefix once, the fused blocks + head per chunk) against one COCO-80 prompt,
@@ -122,6 +123,8 @@ def trunk_rows(args) -> None:
         official = official_trunk(args.fiber_src, size) if args.fiber_src else None
         for text_len in (40, 200, 256):
             argv = ["trunk", "--case", "fiber-b", size, "fp32", "--text-len", str(text_len)]
+            if text_len == 256:  # equal work with the original: the rate vs the matmul rate
+                argv.append("--flops")
             ours = run_child(argv + ["--iters", "2", "--warmup", "1"])
             row = {"target": "trunk", "size": size, "real_tokens": text_len, "fiber_det": ours}
             if official:

@@ -123,7 +123,8 @@ class DyHeadBlock(nn.Module):
                 F.interpolate(out, size=feature.shape[-2:], mode="bilinear", align_corners=True)
             )
         pooled = torch.cat([part.mean(dim=(-2, -1), keepdim=True) for part in parts])
-        weights = hard_sigmoid(F.relu(self.scale_attention(pooled))).split(len(feature))
+        weights = hard_sigmoid(F.relu(self.scale_attention(pooled)))
+        weights = weights.view(len(parts), -1, 1, 1, 1)  # (parts, B, 1, 1, 1)
         mean = parts[0].mul_(weights[0])  # a fresh map; its producers kept no reference
         for part, weight in zip(parts[1:], weights[1:]):
             mean = mean.addcmul_(part, weight)
