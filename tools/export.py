@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg.MODEL.WEIGHTS = args.weights
     cfg = export_cfg(cfg)
     cfg.merge_from_list(args.opts)
+    print(f"exporting to {args.output} (minutes for FIBER-B: torch.export, then ONNX)")
     start = time.perf_counter()
     export_onnx(GroundingPredictor(cfg), args.output, args.names, args.opset)
     print(f"exported to {args.output} in {time.perf_counter() - start:.0f} s")

@@ -13,6 +13,7 @@ from fiber_det.modeling.text_padding import pad_texts
 from fiber_det.predictor import GroundingPredictor
 from fiber_det.pretrained import load_pretrained_config, save_pretrained
 from tests.modeling.grounding.tiny_detector import NAMES, SCENES, draw_scene, trained_tiny_detector
+from tests.tools.tool_module import load_tool
 
 TWENTY_NAMES = NAMES + [
     "square", "circle", "triangle", "star", "hexagon", "ring", "person", "bicycle", "car",
@@ -27,7 +28,8 @@ IMAGE_SIZES = [(128, 128), (90, 160)]
 @pytest.fixture(scope="module")
 def exported(tiny_tokenizer, tmp_path_factory):
     """(PyTorch predictor of the saved tiny model, its export-config predictor, the export
-    directory with prompts as inputs, the fixed-vocabulary export directory)."""
+    directory with prompts as inputs (written by tools/export.py), the fixed-vocabulary export
+    directory (written by export_onnx))."""
     torch.set_num_threads(1)
     model, cfg, _ = trained_tiny_detector(tiny_tokenizer)
     saved = save_pretrained(tmp_path_factory.mktemp("saved"), model, cfg, tiny_tokenizer)
@@ -36,7 +38,9 @@ def exported(tiny_tokenizer, tmp_path_factory):
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 160, 320  # the graph's minimum is 160
     reference = GroundingPredictor(cfg)
     exporting = GroundingPredictor(export_cfg(cfg))
-    prompt_graph = export_onnx(exporting, tmp_path_factory.mktemp("onnx"))
+    prompt_graph = tmp_path_factory.mktemp("onnx")
+    sizes = ["INPUT.MIN_SIZE_TEST", "160", "INPUT.MAX_SIZE_TEST", "320"]
+    load_tool("export").main(["--model", str(saved), "--output", str(prompt_graph), *sizes])
     fixed_graph = export_onnx(exporting, tmp_path_factory.mktemp("onnx_fixed"), names=NAMES)
     return reference, exporting, prompt_graph, fixed_graph
 
