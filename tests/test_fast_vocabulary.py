@@ -5,6 +5,7 @@ import torch
 from detectron2.structures import Instances
 from safetensors.torch import save_file
 
+from fiber_det.modeling.grounding.decoding import decode_row, flatten_head_outputs
 from fiber_det.predictor import GroundingPredictor
 from fiber_det.vocabulary_cache import VocabularyCacheMismatch, load_vocabulary_text
 from tests.modeling.grounding.tiny_detector import (
@@ -63,8 +64,8 @@ def test_fast_mode_equals_fusion_off_chunks_run_one_by_one(predictor):
     with torch.no_grad():
         for prompt in vocabulary.prompts:
             ids, mask = prompt["input_ids"][None], prompt["attention_mask"][None]
-            outputs, anchors = model._head(model.backbone(images.tensor, ids, mask))
-            chunks.append(model._decode(outputs, anchors, 0, prompt, images.image_sizes[0]))
+            flat = flatten_head_outputs(*model._head(model.backbone(images.tensor, ids, mask)))
+            chunks.append(decode_row(model.postprocessor, flat, 0, prompt, images.image_sizes[0]))
     naive = model._merge([request], [chunks], images.image_sizes)[0]["instances"]
     assert isinstance(naive, Instances)
     assert fast.instances.pred_classes.tolist() == naive.pred_classes.tolist()

@@ -47,9 +47,9 @@ class DyReLU(nn.Module):
         a1, b1, a2, b2 = torch.split(coeffs, self.channels, dim=1)
         a1 = (a1 - 0.5) * 2.0 + 1.0
         a2 = (a2 - 0.5) * 2.0
+        if torch.is_grad_enabled():  # the original's operations, for bit-identical training
+            return torch.max(x * a1 + (b1 - 0.5), x * a2 + (b2 - 0.5))
         first, second = torch.addcmul(b1 - 0.5, x, a1), torch.addcmul(b2 - 0.5, x, a2)
-        if torch.is_grad_enabled():
-            return torch.maximum(first, second)
         return torch.maximum(first, second, out=first)
 
 
@@ -88,6 +88,20 @@ def _reinterpret_prefix(maps: torch.Tensor, height: int, width: int) -> torch.Te
     )
 
 
+def scale_weighted_mean(parts: list[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """mean over i of parts[i] * weights[i]: parts (B, C, H, W) each, weights (n, B, 1, 1, 1).
+
+    With autograd, the original's operations (stack, multiply, mean: bit-identical training);
+    without, accumulated in place into the first part (a fresh map nothing else holds).
+    """
+    if torch.is_grad_enabled():
+        return (torch.stack(parts) * weights).mean(dim=0)
+    mean = parts[0].mul_(weights[0])
+    for part, weight in zip(parts[1:], weights[1:]):
+        mean = mean.addcmul_(part, weight)
+    return mean.div_(len(parts))
+
+
 class DyHeadBlock(nn.Module):
     """One DyHead block over all levels: list of (B, C, H_l, W_l) -> the same shapes."""
 
@@ -124,11 +138,7 @@ class DyHeadBlock(nn.Module):
             )
         pooled = torch.cat([part.mean(dim=(-2, -1), keepdim=True) for part in parts])
         weights = hard_sigmoid(F.relu(self.scale_attention(pooled)))
-        weights = weights.view(len(parts), -1, 1, 1, 1)  # (parts, B, 1, 1, 1)
-        mean = parts[0].mul_(weights[0])  # a fresh map; its producers kept no reference
-        for part, weight in zip(parts[1:], weights[1:]):
-            mean = mean.addcmul_(part, weight)
-        return mean.div_(len(parts))
+        return scale_weighted_mean(parts, weights.view(len(parts), -1, 1, 1, 1))
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         return [self.task_attention(self._level(features, lvl)) for lvl in range(len(features))]

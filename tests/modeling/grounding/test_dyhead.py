@@ -63,3 +63,17 @@ def test_head_is_batch_invariant():
     for name in ("box_regression", "centerness", "token_logits"):
         for ours, alone in zip(getattr(batched, name), getattr(single, name)):
             torch.testing.assert_close(ours[1:2], alone, atol=1e-5, rtol=0)
+
+
+def test_inference_path_equals_the_training_path():
+    # without autograd: gather deformable convs, channels-last maps, in-place scale mean and
+    # DyReLU; with it: grid_sample convs and the original's stack / multiply / mean
+    torch.manual_seed(0)
+    tower = DyHeadTower(channels=16, num_blocks=2, gn_groups=4)
+    features = [torch.randn(2, 16, h, w) for h, w in ((12, 20), (6, 10), (3, 5))]
+    with torch.no_grad():
+        inference = tower(features)
+    training = tower([f.clone().requires_grad_() for f in features])
+    for fast, reference in zip(inference, training):
+        assert fast.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(fast, reference.detach(), rtol=0, atol=1e-5)
