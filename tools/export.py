@@ -4,6 +4,7 @@
     python tools/export.py --model output/quickstart/model --output output/onnx
     python tools/export.py --config-file CFG --weights model.pth --output DIR [KEY VALUE ...]
     python tools/export.py --model DIR --output DIR --names person bicycle car
+    python tools/export.py --model DIR --names person car --output DIR INPUT.MIN_SIZE_TEST 640
 
 The graph takes images (B, 3, H, W) normalised and padded to a multiple of 32, and, without
 --names, input_ids / attention_mask (P, L); it returns the raw head outputs (see
@@ -33,6 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.config_file and not args.weights:
         parser.error("--config-file needs --weights")
+    if any(option in args.opts for option in ("--names", "--output", "--opset")):
+        parser.error(
+            "options after KEY VALUE overrides are read as overrides: put the overrides last, "
+            "after another option (--names a b --output DIR KEY VALUE)"
+        )
     return args
 
 

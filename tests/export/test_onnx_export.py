@@ -107,3 +107,12 @@ def test_image_below_the_graph_minimum_is_refused(exported):
     small = {"image": torch.zeros(3, 64, 96, dtype=torch.uint8), "prompts": prompts}
     with pytest.raises(ValueError, match=r"at least 160x160 pixels .* got \(64, 96\)"):
         onnx_predictor.model([small])
+
+
+def test_export_cli_keeps_names_and_overrides_apart(capsys):
+    export = load_tool("export")
+    args = export.parse_args(["--model", "m", "--names", "a", "b", "--output", "o", "K.V", "1"])
+    assert args.names == ["a", "b"] and args.opts == ["K.V", "1"]
+    with pytest.raises(SystemExit):
+        export.parse_args(["--model", "m", "--output", "o", "K.V", "1", "--names", "a"])
+    assert "put the overrides last" in capsys.readouterr().err
