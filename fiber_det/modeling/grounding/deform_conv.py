@@ -5,11 +5,12 @@ about two thirds of a tiny detector's CPU training step. On CPU this module comp
 function in one of two ways, both with torchvision's bilinear rule (corners outside the image
 contribute 0):
 
-- when a gradient is needed, `grid_sample` and one matrix product, which autograd
-  differentiates with vectorised kernels;
+- when a gradient is needed (and while exporting: ONNX has GridSample), `grid_sample` and one
+  matrix product, which autograd differentiates with vectorised kernels;
 - otherwise (inference) the four corners of every tap are read by index arithmetic and summed
   with their bilinear weights times the mask in one `embedding_bag` gather, channels last, so
-  that the taps of an output location are contiguous and one GEMM per level finishes the conv.
+  that the taps of an output location are contiguous and one GEMM per block of locations
+  finishes the conv (its output is channels last too).
 
 On other devices torchvision's kernel is used.
 """
