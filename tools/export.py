@@ -14,9 +14,11 @@ fiber_det/export/graph.py). Run the export with fiber_det.export.load_onnx_predi
 import argparse
 import logging
 import time
+from pathlib import Path
 
 from fiber_det.config import get_fiber_cfg
 from fiber_det.export.onnx_export import OPSET, export_cfg, export_onnx
+from fiber_det.hub import resolve_model_directory
 from fiber_det.predictor import GroundingPredictor
 from fiber_det.pretrained import load_pretrained_config
 
@@ -24,7 +26,7 @@ from fiber_det.pretrained import load_pretrained_config
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a saved-model directory (save_pretrained)")
+    source.add_argument("--model", help="saved-model dir, hub repo id or desco-fiber-base")
     source.add_argument("--config-file", help="a fiber_det config (with --weights)")
     parser.add_argument("--weights", default="", help="checkpoint for --config-file")
     parser.add_argument("--output", required=True, help="export directory")
@@ -44,9 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.model:
-        cfg = load_pretrained_config(args.model, "cpu")
+    if args.model:  # the names tools/demo.py takes: a directory, a hub repo, desco-fiber-base
+        cfg = load_pretrained_config(resolve_model_directory(args.model), "cpu")
     else:
+        if not Path(args.weights).is_file():
+            raise FileNotFoundError(f"--weights {args.weights}: no such file")
         cfg = get_fiber_cfg()
         cfg.merge_from_file(args.config_file)
         cfg.MODEL.WEIGHTS = args.weights

@@ -68,6 +68,12 @@ def export_onnx(
     divisor = detector.backbone.size_divisibility
     pad_id = detector.backbone.text_pad_token_id
     min_blocks = min_image_blocks(predictor.cfg)
+    if predictor.cfg.INPUT.MIN_SIZE_TEST < min_blocks * divisor:
+        raise ValueError(
+            f"INPUT.MIN_SIZE_TEST {predictor.cfg.INPUT.MIN_SIZE_TEST} is below the smallest image "
+            f"side this graph takes, {min_blocks * divisor} (MODEL.FIBER.SWIN.WINDOW_SIZE + 1 "
+            f"blocks of {divisor}): export with INPUT.MIN_SIZE_TEST {min_blocks * divisor} or more"
+        )
     images = torch.zeros(EXAMPLE_BATCH, 3, min_blocks * divisor, (min_blocks + 1) * divisor)
     info = {
         "size_divisibility": divisor,

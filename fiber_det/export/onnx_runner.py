@@ -15,7 +15,11 @@ from detectron2.config import CfgNode
 from fiber_det.config import get_fiber_cfg
 from fiber_det.data.tokenizer import build_tokenizer
 from fiber_det.modeling.grounding.decoding import FlatOutputs, decode_row, merge_chunks
-from fiber_det.modeling.grounding.detector import build_postprocessor, normalize_and_pad
+from fiber_det.modeling.grounding.detector import (
+    build_postprocessor,
+    normalize_and_pad,
+    run_by_padded_size,
+)
 from fiber_det.modeling.text_padding import pad_texts
 from fiber_det.predictor import GroundingPredictor
 
@@ -42,16 +46,7 @@ class OnnxGroundingModel:
     def __call__(self, batched_inputs: list[dict]) -> list[dict]:
         """[{"instances": Instances}] per input; inputs are grouped by padded size like the
         detector's inference, and must share one list of prompts (as the predictor gives)."""
-        divisor = self.info["size_divisibility"]
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, x in enumerate(batched_inputs):
-            size = tuple(-(-s // divisor) * divisor for s in x["image"].shape[-2:])
-            groups.setdefault(size, []).append(index)
-        results: list[dict] = [{} for _ in batched_inputs]
-        for indices in groups.values():
-            for index, output in zip(indices, self._run([batched_inputs[i] for i in indices])):
-                results[index] = output
-        return results
+        return run_by_padded_size(batched_inputs, self.info["size_divisibility"], self._run)
 
     def _run(self, batched_inputs: list[dict]) -> list[dict]:
         prompts = batched_inputs[0]["prompts"]

@@ -116,3 +116,14 @@ def test_export_cli_keeps_names_and_overrides_apart(capsys):
     with pytest.raises(SystemExit):
         export.parse_args(["--model", "m", "--output", "o", "K.V", "1", "--names", "a"])
     assert "put the overrides last" in capsys.readouterr().err
+
+
+def test_export_refuses_a_test_size_below_the_graph_minimum(exported, tmp_path):
+    _, exporting, _, _ = exported
+    cfg = exporting.cfg.clone()
+    cfg.defrost()
+    cfg.INPUT.MIN_SIZE_TEST = 128
+    small = GroundingPredictor(cfg, exporting.tokenizer, model=exporting.model)
+    with pytest.raises(ValueError, match="INPUT.MIN_SIZE_TEST 128 is below .* 160"):
+        export_onnx(small, tmp_path)
+    assert not (tmp_path / "model.onnx").exists()

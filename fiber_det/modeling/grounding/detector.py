@@ -192,11 +192,6 @@ class GroundingDetector(nn.Module):
             gt_maps.append(pad_columns(instances.gt_positive_map, length))
         return self.loss(outputs, anchors, gt_boxes, gt_maps, attention_mask)
 
-    def padded_size(self, image: torch.Tensor) -> tuple[int, int]:
-        """(H, W) of `image` (3, H, W) once padded to the backbone's size divisibility."""
-        divisor = max(self.backbone.size_divisibility, 1)
-        return tuple(-(-size // divisor) * divisor for size in image.shape[-2:])
-
     def inference(self, batched_inputs: list[dict]) -> list[dict]:
         """[{"instances": Instances}] per input, in original image coordinates.
 
@@ -208,16 +203,8 @@ class GroundingDetector(nn.Module):
         return self._by_padded_size(batched_inputs, self._inference_same_size)
 
     def _by_padded_size(self, batched_inputs: list[dict], run) -> list[dict]:
-        """`run(inputs)` on each group of inputs of equal padded size, results in input order."""
-        groups: dict[tuple[int, int], list[int]] = {}
-        for index, x in enumerate(batched_inputs):
-            groups.setdefault(self.padded_size(x["image"]), []).append(index)
-        results: list[dict] = [{} for _ in batched_inputs]
-        for indices in groups.values():
-            outputs = run([batched_inputs[i] for i in indices])
-            for index, output in zip(indices, outputs):
-                results[index] = output
-        return results
+        """`run` per group of equal padded size (see `run_by_padded_size`)."""
+        return run_by_padded_size(batched_inputs, self.backbone.size_divisibility, run)
 
     def encode_vocabulary(self, prompts: list[dict]) -> torch.Tensor:
         """Fusion-off text features of P prompt chunks, (P, L, D) with padded tokens 0 (L the
@@ -308,6 +295,22 @@ class GroundingDetector(nn.Module):
             self.backbone.forward_from_prefix(prefix, input_ids, attention_mask)
         )
         return flatten_head_outputs(outputs, anchors)
+
+
+def run_by_padded_size(batched_inputs: list[dict], divisor: int, run) -> list[dict]:
+    """`run(inputs)` on each group of inputs whose images (3, H, W) pad to the same size (a
+    multiple of `divisor`), results in input order."""
+    divisor = max(divisor, 1)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, x in enumerate(batched_inputs):
+        size = tuple(-(-side // divisor) * divisor for side in x["image"].shape[-2:])
+        groups.setdefault(size, []).append(index)
+    results: list[dict] = [{} for _ in batched_inputs]
+    for indices in groups.values():
+        outputs = run([batched_inputs[i] for i in indices])
+        for index, output in zip(indices, outputs):
+            results[index] = output
+    return results
 
 
 def build_postprocessor(cfg) -> GroundingPostProcessor:
