@@ -47,6 +47,22 @@ def test_timm_window_attention_adds_the_relative_bias_and_the_mask():
                 torch.testing.assert_close(attention(windows, mask=mask), expected)
 
 
+def test_timm_mlp_is_fc1_exact_gelu_fc2():
+    """SwinBlock's inference path calls timm's Mlp parts itself (fc1, GELU in place, fc2) and
+    WindowAttention's `qkv` width to size its chunks."""
+    from timm.layers import Mlp
+    from timm.models.swin_transformer import WindowAttention
+
+    torch.manual_seed(0)
+    with contract("timm", "Mlp (fc1, act = nn.GELU(), fc2), WindowAttention.qkv"):
+        mlp = Mlp(8, 32).eval()
+        assert isinstance(mlp.act, torch.nn.GELU) and mlp.act.approximate == "none"
+        x = torch.randn(5, 8)
+        expected = mlp.fc2(torch.nn.functional.gelu(mlp.fc1(x)))
+        torch.testing.assert_close(mlp(x), expected)
+        assert WindowAttention(8, num_heads=2, window_size=2).qkv.out_features == 24
+
+
 def test_timm_patch_embed_and_merging_keep_the_original_swin_layout():
     """PatchEmbed(output_fmt="NHWC", strict_img_size=False) and PatchMerging(dim, out_dim) on
     (B, H, W, C) with the original Swin's channel order x(0,0), x(1,0), x(0,1), x(1,1)."""

@@ -12,10 +12,9 @@ padded map, always (fine_grained_spec.md a.1). Both window policies are availabl
   shrinks to the grid and the shift is dropped (coarse_grained_spec.md a.1).
 
 The stage layout follows the original checkpoints: `layers.i.downsample` merges patches at the
-END of stage i, so the released keys map one-to-one.
+END of stage i, so the released keys map one-to-one. Without autograd a block takes the
+inference path of windows.py and adds its residuals in place; the values are the same.
 """
-
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -25,58 +24,18 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fiber_det.modeling.backbone.fusion import GatedCrossAttention
-
-# The -100 of the original shifted-window mask (Swin, FS2:470-496).
-SHIFT_MASK_LOGIT = -100.0
-WINDOW_POLICIES = ("pad_and_shift", "clamp")
-
-
-def window_and_shift(height: int, width: int, window: int, shifted: bool, policy: str):
-    """The (window, shift) a block uses on an (height, width) grid under `policy`."""
-    if policy == "clamp" and min(height, width) <= window:
-        return min(height, width), 0
-    return window, (window // 2 if shifted else 0)
-
-
-def shift_regions(size: int, window: int, shift: int) -> torch.Tensor:
-    """(size,) region index 0 / 1 / 2 of each row (or column) of a padded grid: before the last
-    window, inside it before the last `shift`, in the last `shift`."""
-    index = torch.arange(size)
-    return (index >= size - window).long() + (index >= size - shift).long()
-
-
-def build_shift_mask(padded_h: int, padded_w: int, window: int, shift: int) -> torch.Tensor:
-    """(nW, w*w, w*w) additive float32 mask separating the regions the cyclic shift made
-    adjacent (the nine-region labelling of the original Swin). Tensor ops only, so that
-    torch.export traces it for any (symbolic) grid size."""
-    region = 3 * shift_regions(padded_h, window, shift)[:, None]
-    region = region + shift_regions(padded_w, window, shift)[None, :]
-    windows = region.reshape(padded_h // window, window, padded_w // window, window)
-    windows = windows.permute(0, 2, 1, 3).reshape(-1, window * window)
-    different = windows[:, None, :] != windows[:, :, None]
-    return torch.zeros(different.shape).masked_fill(different, SHIFT_MASK_LOGIT)
-
-
-@lru_cache(maxsize=64)
-def shift_mask(
-    padded_h: int, padded_w: int, window: int, shift: int, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """`build_shift_mask` cached per size, device and dtype (eager runs)."""
-    return build_shift_mask(padded_h, padded_w, window, shift).to(device=device, dtype=dtype)
-
-
-def partition_windows(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, Hp, Wp, C) -> (B * nW, window * window, C), windows image-major, row-major."""
-    batch, height, width, channels = x.shape
-    x = x.view(batch, height // window, window, width // window, window, channels)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window * window, channels)
-
-
-def merge_windows(windows: torch.Tensor, window: int, height: int, width: int) -> torch.Tensor:
-    """Inverse of `partition_windows`: (B * nW, window * window, C) -> (B, Hp, Wp, C)."""
-    channels = windows.shape[-1]
-    x = windows.view(-1, height // window, width // window, window, window, channels)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+from fiber_det.modeling.backbone.windows import (
+    WINDOW_POLICIES,
+    attend_in_chunks,
+    attend_shifted,
+    build_shift_mask,
+    eager_inference,
+    merge_windows,
+    partition_windows,
+    rows_per_chunk,
+    shift_mask,
+    window_and_shift,
+)
 
 
 class SwinBlock(nn.Module):
@@ -131,7 +90,13 @@ class SwinBlock(nn.Module):
         # ceil division keeps an exported graph's symbolic sizes simple (a modulo does not)
         padded_h = (height + window - 1) // window * window
         padded_w = (width + window - 1) // window * window
-        x = F.pad(x, (0, 0, 0, padded_w - width, 0, padded_h - height))
+        if torch.compiler.is_exporting() or padded_h != height or padded_w != width:
+            x = F.pad(x, (0, 0, 0, padded_w - width, 0, padded_h - height))
+        if eager_inference():
+            if shift:
+                return attend_shifted(self.attn, x, window, shift)[:, :height, :width]
+            out = attend_in_chunks(self.attn, partition_windows(x, window))
+            return merge_windows(out, window, padded_h, padded_w)[:, :height, :width]
         mask = None
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
@@ -162,8 +127,24 @@ class SwinBlock(nn.Module):
             tokens = attended.flatten(1, 2)
             update = self.i2t(tokens, text, text_bias)
             attended = (tokens + update).view_as(attended)
-        x = x + self.drop_path(attended)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if self.training or not eager_inference():
+            x = x + self.drop_path(attended)
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        return self.residuals_in_place(x, attended)
+
+    def residuals_in_place(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Inference: the residual adds in place in the attention branch's fresh buffer, the
+        MLP a few thousand tokens at a time with its GELU in place; same values as the
+        training path (addition commutes). (B, H, W, C) input and attention branch -> output."""
+        x = attended.add_(x) if attended.is_contiguous() else x + attended
+        tokens = x.view(-1, x.shape[-1])
+        step = rows_per_chunk(tokens, self.mlp.fc1.out_features)
+        for start in range(0, tokens.shape[0], step):
+            piece = tokens[start : start + step]
+            hidden = self.mlp.fc1(self.norm2(piece))
+            torch.ops.aten.gelu_(hidden)  # the nn.GELU() of timm's Mlp
+            piece.add_(self.mlp.fc2(hidden))
+        return x
 
 
 class SwinStage(nn.Module):

@@ -1,10 +1,21 @@
-"""The Swin tower: window policies, the shifted-window mask, equality with timm's Swin."""
+"""The Swin tower: window policies, the shifted-window mask, equality with timm's Swin, and
+the inference path equal to the training path."""
 
 import pytest
 import torch
-from timm.models.swin_transformer import SwinTransformer
+from timm.models.swin_transformer import SwinTransformer, WindowAttention
 
-from fiber_det.modeling.backbone.swin import FusedSwin, shift_mask, window_and_shift
+from fiber_det.modeling.backbone import windows as windows_module
+from fiber_det.modeling.backbone.fusion import extended_attention_bias
+from fiber_det.modeling.backbone.swin import FusedSwin, SwinBlock
+from fiber_det.modeling.backbone.windows import (
+    attend_shifted,
+    edge_window_ids,
+    merge_windows,
+    partition_windows,
+    shift_mask,
+    window_and_shift,
+)
 from tests.modeling.backbone.tiny import timm_swin_state_dict
 
 
@@ -63,3 +74,53 @@ def test_bad_sizes_are_reported():
     clamp = FusedSwin(4, 16, (1, 1), (1, 2), 4, 4.0, 0.0, 32, 0, window_policy="clamp")
     with pytest.raises(ValueError, match="WINDOW_SIZE"):
         clamp.run_block(0, 0, torch.zeros(1, 2, 2, 16))
+
+
+def test_edge_windows_are_where_the_shift_mask_is_not_zero():
+    mask = shift_mask(12, 16, 4, 2, torch.device("cpu"), torch.float32)  # 3 x 4 windows
+    masked = [i for i in range(12) if torch.count_nonzero(mask[i])]
+    assert sorted(edge_window_ids(3, 4)) == masked == [3, 7, 8, 9, 10, 11]
+    assert edge_window_ids(3, 4) == [3, 7, 8, 9, 10, 11]  # last column, then the last row
+    assert edge_window_ids(1, 3) == [0, 1, 2] and edge_window_ids(3, 1) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("height, width", [(12, 16), (4, 12), (12, 4), (4, 4)])
+def test_attend_shifted_equals_roll_attend_roll(height, width):
+    """The original's procedure: roll by -shift, attend in windows with the shift mask, merge,
+    roll back."""
+    torch.manual_seed(0)
+    attention = WindowAttention(8, num_heads=2, window_size=4)
+    x = torch.randn(2, height, width, 8)
+    mask = shift_mask(height, width, 4, 2, torch.device("cpu"), torch.float32)
+    with torch.no_grad():
+        windows = partition_windows(torch.roll(x, (-2, -2), (1, 2)), 4)
+        expected = merge_windows(attention(windows, mask=mask), 4, height, width)
+        expected = torch.roll(expected, (2, 2), (1, 2))
+        torch.testing.assert_close(attend_shifted(attention, x, 4, 2), expected)
+
+
+@pytest.mark.parametrize("chunk_elements", [2**21, 1])
+@pytest.mark.parametrize("shifted", [False, True])
+@pytest.mark.parametrize("height, width", [(14, 21), (12, 8), (3, 5), (9, 4)])
+def test_inference_block_equals_the_training_block(
+    height, width, shifted, chunk_elements, monkeypatch
+):
+    """Without autograd a block attends without rolling, masks only the edge windows, runs the
+    MLP in chunks (one window / one token at a time with `chunk_elements` 1) and adds the
+    residuals in place: the values of the training path (the original's operations), and
+    the input is left as it was. Grids: padded both ways, unpadded, one window row, one
+    window column."""
+    monkeypatch.setattr(windows_module, "CPU_CHUNK_ELEMENTS", chunk_elements)
+    torch.manual_seed(0)
+    block = SwinBlock(16, 2, 4, shifted, 4.0, 0.0, 24, "pad_and_shift", False, True).eval()
+    torch.nn.init.constant_(block.i2t.gate, 0.5)
+    x = torch.randn(2, height, width, 16)
+    text = torch.randn(2, 5, 24)
+    text_bias = extended_attention_bias(torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]), x.dtype)
+    for fused in (False, True):
+        arguments = (text, text_bias) if fused else ()
+        expected = block(x, *arguments)  # autograd on
+        given = x.clone()
+        with torch.no_grad():
+            torch.testing.assert_close(block(given, *arguments), expected, atol=2e-6, rtol=1e-5)
+        assert torch.equal(given, x)
