@@ -49,7 +49,9 @@ class DyReLU(nn.Module):
         a2 = (a2 - 0.5) * 2.0
         if torch.is_grad_enabled():  # the original's operations, for bit-identical training
             return torch.max(x * a1 + (b1 - 0.5), x * a2 + (b2 - 0.5))
-        first, second = torch.addcmul(b1 - 0.5, x, a1), torch.addcmul(b2 - 0.5, x, a2)
+        # the same operations in place; x * a keeps x's (channels-last) layout, which
+        # addcmul with the (B, C, 1, 1) term first does not (4x slower)
+        first, second = (x * a1).add_(b1 - 0.5), (x * a2).add_(b2 - 0.5)
         return torch.maximum(first, second, out=first)
 
 
