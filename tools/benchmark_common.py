@@ -31,6 +31,25 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    """FLOPs of the CPU flash-attention kernel, which torch.utils.flop_counter does not count:
+    its count for the other SDPA kernels (the original's explicit matmuls are counted)."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_gflop(function: Callable) -> float:
+    """GFLOP of one call of `function` (torch.utils.flop_counter, CPU attention included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    counter = FlopCounterMode(display=False, custom_mapping={cpu_attention: cpu_attention_flop})
+    with counter:
+        function()
+    return counter.get_total_flops() / 1e9
+
+
 def matmul_gflops(size: int = 2048, iterations: int = 3) -> float:
     """This machine's fp32 matmul rate now: best of `iterations` (size, size) @ (size, size)."""
     a, b = torch.randn(size, size), torch.randn(size, size)

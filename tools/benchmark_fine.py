@@ -5,7 +5,14 @@ import os
 import statistics
 
 import torch
-from benchmark_common import matmul_gflops, peak_rss_mib, run_child, subcommand, time_calls
+from benchmark_common import (
+    count_gflop,
+    matmul_gflops,
+    peak_rss_mib,
+    run_child,
+    subcommand,
+    time_calls,
+)
 
 GROUNDING_CONFIG = "configs/Base-FIBER-Grounding.yaml"
 
@@ -84,27 +91,15 @@ def measure_trunk_case(args) -> dict:
     }
 
 
-def cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
-    """FLOPs of the CPU flash-attention kernel, which torch.utils.flop_counter does not count:
-    the count of its other SDPA kernels (the original's explicit matmuls are counted)."""
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
 def work_rate(forward, forward_ms: float) -> dict:
-    """GFLOP of one `forward` (torch.utils.flop_counter), the GFLOP/s it ran at in
-    `forward_ms`, and that as a fraction of the fp32 matmul rate measured now."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    counter = FlopCounterMode(display=False, custom_mapping={cpu_attention: cpu_attention_flop})
-    with torch.no_grad(), counter:
-        forward()
-    achieved = counter.get_total_flops() / forward_ms / 1e6
+    """GFLOP of one `forward`, the GFLOP/s it ran at in `forward_ms`, and that as a fraction
+    of the fp32 matmul rate measured now."""
+    with torch.no_grad():
+        work = count_gflop(forward)
+    achieved = work / forward_ms * 1000
     rate = matmul_gflops()
     return {
-        "gflop": round(counter.get_total_flops() / 1e9, 1),
+        "gflop": round(work, 1),
         "gflops": round(achieved, 1),
         "matmul_gflops": rate,
         "fraction_of_matmul": round(achieved / rate, 2),

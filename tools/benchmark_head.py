@@ -4,8 +4,7 @@ each with the achieved GFLOP/s next to the fp32 matmul rate measured in the same
 import json
 
 import torch
-from benchmark_common import matmul_gflops, subcommand, time_calls
-from torch.utils.flop_counter import FlopCounterMode
+from benchmark_common import count_gflop, matmul_gflops, subcommand, time_calls
 
 # FPN levels P3-P7 of an 800x1333 image padded to 800x1344 (strides 8 to 128)
 FIBER_B_LEVELS = [(100, 168), (50, 84), (25, 42), (13, 21), (7, 11)]
@@ -96,16 +95,13 @@ def measure_head(text_len: int, iterations: int) -> dict:
     from fiber_det.modeling.grounding import deform_conv
 
     head, features, text = fiber_b_head(text_len)
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        head(features, text)
     with torch.no_grad():
+        flops = count_gflop(lambda: head(features, text)) * 1e9
         inference_ms = best_ms(lambda: head(features, text), iterations)
         gathered = deform_conv.gathered_deform_conv2d
         deform_conv.gathered_deform_conv2d = deform_conv.sampled_deform_conv2d
         recording_ms = best_ms(lambda: head(features, text), iterations)
         deform_conv.gathered_deform_conv2d = gathered
-    flops = counter.get_total_flops()
     rate = matmul_gflops()
     achieved = flops / inference_ms / 1e6
     return {

@@ -7,7 +7,8 @@ every measurement in its own child process of one run.
 - head: the FIBER-B head's GFLOP/s as a fraction of the matmul rate measured in the same child.
 - vocabulary: per-image cost of LVIS-1203 (40 classes per chunk, exact FIBER semantics: the
   trunk's unfused prefix once, the fused blocks + head per chunk) against one COCO-80 prompt,
-  and the fast mode (fusion off, cached text) on both.
+  and the fast mode (fusion off, cached text) on both. The same ratio in GFLOP is what the
+  time ratio would be if every part ran at the same rate.
 """
 
 import json
@@ -18,7 +19,14 @@ import sys
 import tempfile
 
 import torch
-from benchmark_common import matmul_gflops, peak_rss_mib, run_child, subcommand, time_calls
+from benchmark_common import (
+    count_gflop,
+    matmul_gflops,
+    peak_rss_mib,
+    run_child,
+    subcommand,
+    time_calls,
+)
 
 OFFICIAL_SCRIPT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)),
@@ -76,10 +84,16 @@ def measure_vocabulary_case(model_name: str, size: str) -> dict:
         prefix_s = seconds(lambda: model.backbone.encode_image_prefix(images))
         one_chunk_s = seconds(lambda: model([{**request, "prompts": lvis[:1]}]))
         coco_s = seconds(lambda: model([{**request, "prompts": coco}]))
+        work = {
+            "prefix": count_gflop(lambda: model.backbone.encode_image_prefix(images)),
+            "prefix_and_chunk": count_gflop(lambda: model([{**request, "prompts": lvis[:1]}])),
+            "coco": count_gflop(lambda: model([{**request, "prompts": coco}])),
+        }
         lvis_text, coco_text = model.encode_vocabulary(lvis), model.encode_vocabulary(coco)
         fast_lvis_s = seconds(lambda: model.inference_unfused([request], lvis, lvis_text))
         fast_coco_s = seconds(lambda: model.inference_unfused([request], coco, coco_text))
     per_chunk_s = one_chunk_s - prefix_s
+    chunk_gflop = work["prefix_and_chunk"] - work["prefix"]
     return {
         "model": model_name,
         "size": size,
@@ -88,6 +102,10 @@ def measure_vocabulary_case(model_name: str, size: str) -> dict:
         "coco_tokens": int(max(p["input_ids"].numel() for p in coco)),
         "prefix_once_s": round(prefix_s, 2),
         "fused_blocks_and_head_per_chunk_s": round(per_chunk_s, 2),
+        "prefix_gflop": round(work["prefix"]),
+        "per_chunk_gflop": round(chunk_gflop),
+        "coco_gflop": round(work["coco"]),
+        "lvis_vs_coco_in_gflop": ratio(work["prefix"] + len(lvis) * chunk_gflop, work["coco"]),
         "lvis_s": round(prefix_s + len(lvis) * per_chunk_s, 2),
         "coco_s": round(coco_s, 2),
         "fast_lvis_s": round(fast_lvis_s, 2),

@@ -136,7 +136,8 @@ class SwinBlock(nn.Module):
         """Inference: the residual adds in place in the attention branch's fresh buffer, the
         MLP a few thousand tokens at a time with its GELU in place; same values as the
         training path (addition commutes). (B, H, W, C) input and attention branch -> output."""
-        x = attended.add_(x) if attended.is_contiguous() else x + attended
+        in_place = attended.is_contiguous() and attended.dtype == x.dtype  # autocast: bf16
+        x = attended.add_(x) if in_place else x + attended
         tokens = x.view(-1, x.shape[-1])
         step = rows_per_chunk(tokens, self.mlp.fc1.out_features)
         for start in range(0, tokens.shape[0], step):

@@ -124,3 +124,18 @@ def test_inference_block_equals_the_training_block(
         with torch.no_grad():
             torch.testing.assert_close(block(given, *arguments), expected, atol=2e-6, rtol=1e-5)
         assert torch.equal(given, x)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_inference_block_keeps_the_residual_dtype_under_autocast(shifted):
+    """With bf16 autocast the attention branch comes out in bf16; the inference path must add
+    it to the float32 residual stream as the training path does, not into the bf16 buffer."""
+    torch.manual_seed(0)
+    block = SwinBlock(16, 2, 4, shifted, 4.0, 0.0, None, "pad_and_shift", False, True).eval()
+    x = torch.randn(1, 8, 12, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = block(x)
+        with torch.no_grad():
+            given = block(x)
+    assert given.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(given, expected, atol=0.05, rtol=0.02)
