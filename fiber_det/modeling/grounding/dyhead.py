@@ -40,8 +40,9 @@ class DyReLU(nn.Module):
         self.fc1 = nn.Linear(channels, squeeze)
         self.fc2 = nn.Linear(squeeze, 4 * channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B, C, H, W)."""
+    def forward(self, x: torch.Tensor, overwrite_input: bool = False) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W). Without autograd and with `overwrite_input`, x's memory
+        holds the result (one fresh map fewer; for a caller that owns x)."""
         pooled = x.mean(dim=(2, 3))
         coeffs = hard_sigmoid(self.fc2(F.relu(self.fc1(pooled))))[:, :, None, None]
         a1, b1, a2, b2 = torch.split(coeffs, self.channels, dim=1)
@@ -51,8 +52,10 @@ class DyReLU(nn.Module):
             return torch.max(x * a1 + (b1 - 0.5), x * a2 + (b2 - 0.5))
         # the same operations in place; x * a keeps x's (channels-last) layout, which
         # addcmul with the (B, C, 1, 1) term first does not (4x slower)
-        first, second = (x * a1).add_(b1 - 0.5), (x * a2).add_(b2 - 0.5)
-        return torch.maximum(first, second, out=first)
+        first = (x * a1).add_(b1 - 0.5)
+        second = x.mul_(a2) if overwrite_input else x * a2
+        second.add_(b2 - 0.5)
+        return torch.maximum(first, second, out=second)
 
 
 class ModulatedDeformConvNorm(nn.Module):
@@ -61,10 +64,12 @@ class ModulatedDeformConvNorm(nn.Module):
     def __init__(self, channels: int, stride: int, gn_groups: int):
         super().__init__()
         self.stride = stride
-        self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
-        self.bias = nn.Parameter(torch.zeros(channels))
         bound = 1.0 / (channels * NUM_TAPS) ** 0.5
-        nn.init.uniform_(self.weight, -bound, bound)
+        weight = nn.init.uniform_(torch.empty(channels, channels, 3, 3), -bound, bound)
+        # stored tap-major (channels last): the CPU inference GEMM reads the weight as
+        # (O, kh * kw * C) rows, then a view of it instead of a copy per call
+        self.weight = nn.Parameter(weight.contiguous(memory_format=torch.channels_last))
+        self.bias = nn.Parameter(torch.zeros(channels))
         self.norm = nn.GroupNorm(gn_groups, channels)
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -143,7 +148,11 @@ class DyHeadBlock(nn.Module):
         return scale_weighted_mean(parts, weights.view(len(parts), -1, 1, 1, 1))
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [self.task_attention(self._level(features, lvl)) for lvl in range(len(features))]
+        # `_level` returns a fresh map nothing else holds: DyReLU may overwrite it
+        return [
+            self.task_attention(self._level(features, level), overwrite_input=True)
+            for level in range(len(features))
+        ]
 
 
 class DyHeadTower(nn.Module):
@@ -159,6 +168,9 @@ class DyHeadTower(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         """list of (B, C, H_l, W_l) -> list of (B, C, H_l, W_l)."""
+        if not torch.is_grad_enabled() and features[0].device.type == "cpu":
+            # the CPU inference convs read channels-last maps: convert each level once
+            features = [f.contiguous(memory_format=torch.channels_last) for f in features]
         for block in self.blocks:
             features = block(features)
         return features

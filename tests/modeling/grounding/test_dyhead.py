@@ -27,6 +27,31 @@ def test_dyrelu_with_zero_mlp_is_relu():
     torch.testing.assert_close(dyrelu(x), F.relu(x))  # a1 = 1, a2 = 0, b1 = b2 = 0
 
 
+def test_dyrelu_overwrite_input_gives_the_same_values_in_the_input_memory():
+    torch.manual_seed(0)
+    dyrelu = DyReLU(8)
+    x = torch.randn(2, 8, 5, 7).contiguous(memory_format=torch.channels_last)
+    with torch.enable_grad():
+        reference = dyrelu(x.clone())  # the original's operations
+    with torch.no_grad():
+        kept = x.clone()
+        assert torch.equal(dyrelu(kept), reference.detach()) and torch.equal(kept, x)
+        out = dyrelu(x, overwrite_input=True)
+    assert out.data_ptr() == x.data_ptr() and torch.equal(out, reference.detach())
+
+
+def test_deform_weight_is_tap_major_and_stays_so_when_loaded():
+    op = ModulatedDeformConvNorm(4, stride=1, gn_groups=2)
+    weight = op.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    rows = weight.permute(0, 2, 3, 1).reshape(4, 9 * 4)  # what the inference GEMM reads
+    assert rows.data_ptr() == weight.data_ptr()  # a view, not a copy
+    state = {k: v.contiguous() + 1 for k, v in op.state_dict().items()}  # checkpoints: (O, C, h, w)
+    op.load_state_dict(state)
+    assert op.weight is weight and weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(op.weight, state["weight"])
+
+
 def test_deform_conv_with_zero_offsets_and_unit_mask_is_a_plain_conv():
     op = ModulatedDeformConvNorm(4, stride=2, gn_groups=2)
     x = torch.randn(1, 4, 8, 8)
@@ -71,9 +96,15 @@ def test_inference_path_equals_the_training_path():
     torch.manual_seed(0)
     tower = DyHeadTower(channels=16, num_blocks=2, gn_groups=4)
     features = [torch.randn(2, 16, h, w) for h, w in ((12, 20), (6, 10), (3, 5))]
+    inputs = [f.clone() for f in features]
+    channels_last = [f.contiguous(memory_format=torch.channels_last) for f in inputs]
     with torch.no_grad():
-        inference = tower(features)
+        inference = tower(inputs)
+        from_channels_last = tower(channels_last)
     training = tower([f.clone().requires_grad_() for f in features])
-    for fast, reference in zip(inference, training):
+    for fast, same, reference in zip(inference, from_channels_last, training):
         assert fast.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(fast, same)
         torch.testing.assert_close(fast, reference.detach(), rtol=0, atol=1e-5)
+    for given in (inputs, channels_last):  # the in-place steps touch only the tower's own maps
+        assert all(torch.equal(a, b) for a, b in zip(given, features))
