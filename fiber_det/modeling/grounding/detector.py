@@ -97,13 +97,18 @@ class GroundingDetector(nn.Module):
         in_features: list[str],
         pixel_mean: list[float],
         pixel_std: list[float],
-        prompts_per_pass: int = 0,
+        prompts_per_pass: int = 1,
     ):
         super().__init__()
         if not isinstance(backbone, TextConditionedBackbone):
             raise TypeError(
                 f"{type(backbone).__name__} lacks the TextConditionedBackbone interface the "
                 "grounding detector needs (text_hidden_size, text_pad_token_id, prefix reuse)"
+            )
+        if prompts_per_pass < 0:
+            raise ValueError(
+                f"MODEL.GROUNDING.PROMPTS_PER_PASS={prompts_per_pass}: give the number of prompt "
+                "chunks per fused pass (1 or more), or 0 for all of them in one pass"
             )
         self.backbone = backbone
         self.head = head
@@ -253,9 +258,9 @@ class GroundingDetector(nn.Module):
         return self._merge(batched_inputs, detections, images.image_sizes)
 
     def _inference_same_size(self, batched_inputs: list[dict]) -> list[dict]:
-        """The image prefix once, then the prompt chunks `prompts_per_pass` at a time (all of
-        them by default) as one batch; per-chunk detections are concatenated, each chunk capped
-        at TEST.DETECTIONS_PER_IMAGE like the original's separate chunked runs."""
+        """The image prefix once, then the prompt chunks `prompts_per_pass` at a time (one by
+        default, all when 0) as one batch; per-chunk detections are concatenated, each chunk
+        capped at TEST.DETECTIONS_PER_IMAGE like the original's separate chunked runs."""
         images = self.preprocess_image(batched_inputs)
         prefix = self.backbone.encode_image_prefix(images.tensor)
         per_image = max(len(x["prompts"]) for x in batched_inputs)

@@ -15,6 +15,7 @@ from tests.modeling.grounding.tiny_detector import (
     SCENES,
     build_tiny_detector,
     draw_scene,
+    tiny_grounding_cfg,
     trained_tiny_detector,
     training_input,
 )
@@ -86,6 +87,15 @@ def test_training_needs_exactly_one_prompt(tiny_tokenizer):
         model.eval()([{"image": sample["image"], "prompts": []}])
 
 
+def test_a_negative_prompts_per_pass_is_refused(tiny_tokenizer):
+    from detectron2.modeling import build_model
+
+    cfg = tiny_grounding_cfg(len(tiny_tokenizer))
+    cfg.MODEL.GROUNDING.PROMPTS_PER_PASS = -1
+    with pytest.raises(ValueError, match="PROMPTS_PER_PASS=-1"):
+        build_model(cfg)
+
+
 def test_outputs_are_in_original_image_coordinates(trained, tiny_tokenizer):
     model = trained[0]
     prompts = build_detection_prompts(NAMES, tiny_tokenizer)
@@ -122,11 +132,13 @@ def test_chunked_vocabulary_matches_each_chunk_alone(trained, tiny_tokenizer):
         alone = _run(model, [_test_input(image, [prompt])])[0]
         in_chunk = torch.isin(merged.pred_classes, prompt["labels"])
         _assert_same_instances(merged[in_chunk], alone)
-    model.prompts_per_pass = 2  # bounded memory: chunks two at a time, same result
+    assert model.prompts_per_pass == 1  # the default: one chunk per fused pass
     try:
-        _assert_same_instances(merged, _run(model, [_test_input(image, prompts)])[0])
+        for per_pass in (2, 0):  # two chunks per pass, all in one: the same detections
+            model.prompts_per_pass = per_pass
+            _assert_same_instances(merged, _run(model, [_test_input(image, prompts)])[0])
     finally:
-        model.prompts_per_pass = 0
+        model.prompts_per_pass = 1
 
 
 def _average_precision(detections: list[Instances], scenes) -> float:
