@@ -64,12 +64,10 @@ class ModulatedDeformConvNorm(nn.Module):
     def __init__(self, channels: int, stride: int, gn_groups: int):
         super().__init__()
         self.stride = stride
-        bound = 1.0 / (channels * NUM_TAPS) ** 0.5
-        weight = nn.init.uniform_(torch.empty(channels, channels, 3, 3), -bound, bound)
-        # stored tap-major (channels last): the CPU inference GEMM reads the weight as
-        # (O, kh * kw * C) rows, then a view of it instead of a copy per call
-        self.weight = nn.Parameter(weight.contiguous(memory_format=torch.channels_last))
+        self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
         self.bias = nn.Parameter(torch.zeros(channels))
+        bound = 1.0 / (channels * NUM_TAPS) ** 0.5
+        nn.init.uniform_(self.weight, -bound, bound)
         self.norm = nn.GroupNorm(gn_groups, channels)
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -40,18 +40,6 @@ def test_dyrelu_overwrite_input_gives_the_same_values_in_the_input_memory():
     assert out.data_ptr() == x.data_ptr() and torch.equal(out, reference.detach())
 
 
-def test_deform_weight_is_tap_major_and_stays_so_when_loaded():
-    op = ModulatedDeformConvNorm(4, stride=1, gn_groups=2)
-    weight = op.weight
-    assert weight.is_contiguous(memory_format=torch.channels_last)
-    rows = weight.permute(0, 2, 3, 1).reshape(4, 9 * 4)  # what the inference GEMM reads
-    assert rows.data_ptr() == weight.data_ptr()  # a view, not a copy
-    state = {k: v.contiguous() + 1 for k, v in op.state_dict().items()}  # checkpoints: (O, C, h, w)
-    op.load_state_dict(state)
-    assert op.weight is weight and weight.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(op.weight, state["weight"])
-
-
 def test_deform_conv_with_zero_offsets_and_unit_mask_is_a_plain_conv():
     op = ModulatedDeformConvNorm(4, stride=2, gn_groups=2)
     x = torch.randn(1, 4, 8, 8)
