@@ -138,3 +138,16 @@ def test_detectron2_default_trainer_builds_what_fiber_trainer_mirrors(tmp_path):
         assert [type(h).__name__ for h in upstream._hooks] == [
             type(h).__name__ for h in ours._hooks
         ]
+
+
+def test_torch_flop_counter_counts_cpu_attention_through_the_benchmark_mapping():
+    """tools/benchmark_common.count_gflop maps torch's private CPU flash-attention op onto
+    torch.utils.flop_counter's (undocumented) sdpa_flop_count: 4 * B * H * L * S * D FLOPs."""
+    from tests.tools.tool_module import load_tool
+
+    count_gflop = load_tool("benchmark_common").count_gflop
+    q, k, v = torch.randn(2, 3, 5, 8), torch.randn(2, 3, 7, 8), torch.randn(2, 3, 7, 8)
+    with contract("torch", "aten._scaled_dot_product_flash_attention_for_cpu, sdpa_flop_count"):
+        with torch.no_grad():
+            gflop = count_gflop(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+        assert gflop * 1e9 == 4 * 2 * 3 * 5 * 7 * 8  # QK^T and PV: 2 * L * S * D each per head
