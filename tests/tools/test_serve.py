@@ -68,16 +68,29 @@ def service(saved_model):
     return _serve_tool().DetectionService(saved_model[1], max_pixels=384 * 384)
 
 
+def scene_detections(service, scene_file) -> tuple[list[dict], int]:
+    """The predictor's detections of the scene with score >= 0.3 (the page's default), as the
+    page lists them, and the number before the threshold."""
+    result = service.predictor(cv2.imread(str(scene_file)), names=NAMES)
+    return service.demo.detections(result, 0.3), len(result.instances)
+
+
+def assert_the_scene_colours_score_highest(labels: list[str]) -> None:
+    """The scene holds a red, a green and a yellow box: the trained model's three best
+    detections. (What scores below them differs between CPUs: the tiny model's training
+    follows each CPU's float rounding.)"""
+    assert sorted(labels[:3]) == ["green", "red", "yellow"], labels
+
+
 def test_the_action_returns_the_drawn_boxes_and_the_json(service, scene_file):
     message, picture, document = service(str(scene_file), PROMPT, "", 0.3)
-    result = service.predictor(cv2.imread(str(scene_file)), names=NAMES)
-    expected = service.demo.detections(result, 0.3)
+    expected, total = scene_detections(service, scene_file)
     assert document["detections"] == expected and document["labels"] == NAMES
-    assert [d["label"] for d in expected] == ["red", "green", "yellow"]  # the scene's colours
+    assert_the_scene_colours_score_highest([d["label"] for d in expected])
     listed = ", ".join(f"{d['label']} {d['score']:.2f}" for d in expected)
-    total = len(result.instances)
-    assert (
-        message == f"**3 detection(s)** with score >= 0.30 ({total} before the threshold): {listed}"
+    assert message == (
+        f"**{len(expected)} detection(s)** with score >= 0.30 ({total} before the threshold): "
+        f"{listed}"
     )
     assert picture.shape == (384, 384, 3)
     _, _, grounded = service(str(scene_file), "a red box and a blue box", "red box; blue box", 0.0)
@@ -166,7 +179,9 @@ def test_main_serves_a_saved_model_on_the_cpu(saved_model, monkeypatch):
         _serve_tool().main(["--model", str(saved_model[0].parent / "nowhere")])
 
 
-def test_the_page_shows_detections_in_a_real_browser(browser, server, scene_file, tmp_path):
+def test_the_page_shows_detections_in_a_real_browser(
+    browser, server, service, scene_file, tmp_path
+):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
@@ -184,15 +199,14 @@ def test_the_page_shows_detections_in_a_real_browser(browser, server, scene_file
     browser.find_element(By.CSS_SELECTOR, "#prompt textarea").send_keys(PROMPT)
     detect.click()
     wait.until(lambda _: "detection(s)" in message.text)
-    assert message.text.startswith("3 detection(s) with score >= 0.30")
-    assert [phrase.split()[0] for phrase in message.text.split(": ")[1].split(", ")] == [
-        "red",
-        "green",
-        "yellow",
-    ]
+    expected, _ = scene_detections(service, scene_file)
+    labels = [d["label"] for d in expected]
+    assert message.text.startswith(f"{len(expected)} detection(s) with score >= 0.30")
+    assert [phrase.split()[0] for phrase in message.text.split(": ")[1].split(", ")] == labels
+    assert_the_scene_colours_score_highest(labels)
     shown = "".join(browser.find_element(By.ID, "detections-json").text.split())
+    assert shown.count('"label":') == len(expected)
     assert all(f'"label":"{color}"' in shown for color in ("red", "green", "yellow"))
-    assert '"label":"blue"' not in shown
     assert browser.find_elements(By.CSS_SELECTOR, "#result-image img")
     screenshot = tmp_path / "serve_screenshot.png"
     assert browser.save_screenshot(str(screenshot))
