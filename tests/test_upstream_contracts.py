@@ -26,11 +26,16 @@ def contract(package: str, what: str):
 
 def test_timm_window_attention_adds_the_relative_bias_and_the_mask():
     """swin.py builds its blocks on timm's WindowAttention(dim, num_heads, window_size),
-    calls it as attn(windows, mask=...) and switches SDPA with its `fused_attn` attribute."""
+    calls it as attn(windows, mask=...) and switches SDPA with its `fused_attn` attribute;
+    on padded grids windows.attend_unpadded computes the same attention itself from its
+    `qkv`, `proj`, `num_heads` and `relative_position_bias_table[relative_position_index]`."""
     from timm.models.swin_transformer import WindowAttention
 
+    from fiber_det.modeling.backbone.windows import relative_position_bias
+
     torch.manual_seed(0)
-    with contract("timm", "WindowAttention (constructor, forward(x, mask), fused_attn)"):
+    what = "WindowAttention (constructor, forward(x, mask), fused_attn, qkv, proj, bias table)"
+    with contract("timm", what):
         attention = WindowAttention(8, num_heads=2, window_size=2).eval()
         assert "mask" in inspect.signature(attention.forward).parameters
         assert isinstance(attention.fused_attn, bool)
@@ -41,6 +46,10 @@ def test_timm_window_attention_adds_the_relative_bias_and_the_mask():
             bias = attention.relative_position_bias_table[attention.relative_position_index]
             logits = q @ k.transpose(-1, -2) * 4**-0.5 + bias.view(4, 4, 2).permute(2, 0, 1)
             context = (logits + mask[:, None]).softmax(-1) @ v
+            assert attention.num_heads == 2
+            torch.testing.assert_close(
+                relative_position_bias(attention), bias.view(4, 4, 2).permute(2, 0, 1)[None]
+            )
             expected = attention.proj(context.transpose(1, 2).reshape(3, 4, 8))
             for fused in (False, True):
                 attention.fused_attn = fused

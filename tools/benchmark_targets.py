@@ -6,10 +6,12 @@ every measurement in its own child process of one run.
   at 256 tokens (the original's work) also GFLOP/s as a fraction of the matmul rate.
 - head: the FIBER-B head's GFLOP/s as a fraction of the matmul rate measured in the same child.
 - vocabulary: per-image cost of LVIS-1203 (40 classes per chunk, exact FIBER semantics: the
-  trunk's unfused prefix once, the fused blocks + head per chunk, MODEL.GROUNDING.PROMPTS_PER_PASS
-  chunks at a time) against one COCO-80 prompt, measured as one detector call, with its parts
-  (best of 3 each), and the fast mode (fusion off, cached text) on both. The same ratio in GFLOP
-  is what the time ratio would be if every part ran at the same rate.
+  trunk's text-independent prefix once (the unfused blocks, the first fused block's window
+  attention and its text layer's keys / values of the image), the rest of the fused blocks + head
+  per chunk, MODEL.GROUNDING.PROMPTS_PER_PASS chunks at a time) against one COCO-80 prompt,
+  measured as one detector call, with its parts (best of 3 each), and the fast mode (fusion off,
+  cached text) on both. The same ratio in GFLOP is what the time ratio would be if every part ran
+  at the same rate.
 """
 
 import json

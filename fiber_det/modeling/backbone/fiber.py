@@ -18,6 +18,7 @@ from fiber_det.checkpoint.unimodal import load_swin_weights, load_text_weights
 from fiber_det.modeling.backbone.fusion import extended_attention_bias
 from fiber_det.modeling.backbone.roberta import FusedBert, FusedRoberta
 from fiber_det.modeling.backbone.swin import FusedSwin
+from fiber_det.modeling.backbone.windows import eager_inference
 
 
 @dataclass
@@ -34,18 +35,28 @@ class ImagePrefix:
     """The text-independent part of the image tower, stopped before the first fused block.
 
     `tokens` (B, H, W, C) is the input of block (`stage`, `block`); `features` holds the res
-    features of the stages already finished, e.g. {"res2": (B, C, H, W), ...}.
+    features of the stages already finished, e.g. {"res2": (B, C, H, W), ...}. At inference
+    the prefix also holds the first fused pair's text-independent work, done once per image
+    however many prompts follow: `attended` (B, H, W, C), that Swin block's window attention,
+    and `text_context`, the t2i keys and values (B, h, N, d) its text layer reads from
+    `tokens`. Both None with autograd (training computes them in the fused pass).
     """
 
     tokens: torch.Tensor
     stage: int
     block: int
     features: dict[str, torch.Tensor]
+    attended: torch.Tensor | None = None
+    text_context: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def select(self, rows: torch.Tensor) -> "ImagePrefix":
         """The prefix of images `rows` (N,) (repeats allowed): tokens (N, H, W, C)."""
         features = {k: v[rows] for k, v in self.features.items()}
-        return ImagePrefix(self.tokens[rows], self.stage, self.block, features)
+        attended = None if self.attended is None else self.attended[rows]
+        context = self.text_context
+        if context is not None:
+            context = (context[0][rows], context[1][rows])
+        return ImagePrefix(self.tokens[rows], self.stage, self.block, features, attended, context)
 
     def repeat(self, times: int) -> "ImagePrefix":
         """Each image repeated `times` times, image-major (image 0's copies first)."""
@@ -216,10 +227,16 @@ class FiberTrunk(nn.Module):
         return self.text_backbone.state_dict()
 
     def encode_image_prefix(self, images: torch.Tensor) -> ImagePrefix:
-        """Patch embedding and every block before the first fused one: (B, 3, H, W) -> prefix."""
+        """Patch embedding and every block before the first fused one: (B, 3, H, W) -> prefix;
+        at inference also the first fused pair's text-independent work (see ImagePrefix)."""
         stop = self.image_backbone.first_fused_block
         tokens, features = self._run_unfused(self._embed_image(images), stop)
-        return ImagePrefix(tokens, *stop, features)
+        prefix = ImagePrefix(tokens, *stop, features)
+        if eager_inference() and stop[0] < self.image_backbone.num_stages:
+            prefix.attended = self.image_backbone.block_attention(*stop, tokens)
+            first_text_layer = self.text_backbone.layers[self.text_backbone.first_fused]
+            prefix.text_context = first_text_layer.image_keys_values(tokens.flatten(1, 2))
+        return prefix
 
     def forward_fused(
         self,
@@ -285,11 +302,15 @@ class FiberTrunk(nn.Module):
         features = dict(prefix.features)
         tokens, stage, block = prefix.tokens, prefix.stage, prefix.block
         last_layer = len(self.text_backbone.layers) - 1
+        attended, text_context = prefix.attended, prefix.text_context
         for layer in range(self.text_backbone.first_fused, last_layer + 1):
             image_in = tokens.flatten(1, 2)
-            tokens = self.image_backbone.run_block(stage, block, tokens, hidden, bias)
+            tokens = self.image_backbone.run_block(stage, block, tokens, hidden, bias, attended)
             norm = layer != last_layer or self.fused_text_last_norm
-            hidden = self.text_backbone.run_layer(layer, hidden, bias, image_in, output_norm=norm)
+            hidden = self.text_backbone.run_layer(
+                layer, hidden, bias, image_in, output_norm=norm, image_key_value=text_context
+            )
+            attended, text_context = None, None  # only the first pair's are text-independent
             tokens, features = self._after_block(stage, block, tokens, features, fused=True)
             stage, block = self._next_block(stage, block)
         return features, tokens.flatten(1, 2), hidden

@@ -139,16 +139,20 @@ class FusedRobertaLayer(nn.Module):
         attention_bias: torch.Tensor | None,
         image: torch.Tensor | None = None,
         output_norm: bool = True,
+        image_key_value: KeyValue | None = None,
     ) -> torch.Tensor:
         """(B, L, D) -> (B, L, D).
 
         `attention_bias` is additive, (B, 1, 1, L) for padding or (B, 1, L, L) e.g. causal.
-        `image` (B, N, C) fuses when this layer has `t2i`; `output_norm=False` skips the final
-        LayerNorm (the coarse fused path's last layer, coarse_grained_spec.md a.3).
+        `image` (B, N, C) fuses when this layer has `t2i`, or its `image_keys_values` computed
+        beforehand; `output_norm=False` skips the final LayerNorm (the coarse fused path's
+        last layer, coarse_grained_spec.md a.3).
         """
         self_output = self.attention.output
         branch = self_output.dropout(self_output.dense(self.self_attention(hidden, attention_bias)))
-        if image is not None and self.t2i is not None:
+        if image_key_value is not None:
+            branch = branch + self.t2i.attend(branch, image_key_value)
+        elif image is not None and self.t2i is not None:
             branch = branch + self.t2i(branch, image)
         return self._feed_forward(hidden, branch, output_norm)
 
@@ -288,14 +292,15 @@ class FusedRoberta(nn.Module):
         attention_bias: torch.Tensor | None,
         image: torch.Tensor | None = None,
         output_norm: bool = True,
+        image_key_value: KeyValue | None = None,
     ) -> torch.Tensor:
-        """Layer `index` on (B, L, D), with activation checkpointing if enabled."""
+        """Layer `index` on (B, L, D), with activation checkpointing if enabled;
+        `image_key_value`: its t2i keys / values computed beforehand (instead of `image`)."""
         layer = self.layers[index]
+        arguments = (hidden, attention_bias, image, output_norm, image_key_value)
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(
-                layer, hidden, attention_bias, image, output_norm, use_reentrant=False
-            )
-        return layer(hidden, attention_bias, image, output_norm)
+            return checkpoint(layer, *arguments, use_reentrant=False)
+        return layer(*arguments)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Every layer without fusion, each with its output LayerNorm: (B, L) ids and 0/1 mask

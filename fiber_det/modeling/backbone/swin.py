@@ -28,6 +28,7 @@ from fiber_det.modeling.backbone.windows import (
     WINDOW_POLICIES,
     attend_in_chunks,
     attend_shifted,
+    attend_unpadded,
     build_shift_mask,
     eager_inference,
     merge_windows,
@@ -90,13 +91,16 @@ class SwinBlock(nn.Module):
         # ceil division keeps an exported graph's symbolic sizes simple (a modulo does not)
         padded_h = (height + window - 1) // window * window
         padded_w = (width + window - 1) // window * window
-        if torch.compiler.is_exporting() or padded_h != height or padded_w != width:
+        needs_padding = padded_h != height or padded_w != width
+        if eager_inference() and needs_padding:
+            return attend_unpadded(self.attn, x, window, shift)
+        if torch.compiler.is_exporting() or needs_padding:
             x = F.pad(x, (0, 0, 0, padded_w - width, 0, padded_h - height))
         if eager_inference():
             if shift:
-                return attend_shifted(self.attn, x, window, shift)[:, :height, :width]
+                return attend_shifted(self.attn, x, window, shift)
             out = attend_in_chunks(self.attn, partition_windows(x, window))
-            return merge_windows(out, window, padded_h, padded_w)[:, :height, :width]
+            return merge_windows(out, window, padded_h, padded_w)
         mask = None
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
@@ -120,9 +124,14 @@ class SwinBlock(nn.Module):
         x: torch.Tensor,
         text: torch.Tensor | None = None,
         text_bias: torch.Tensor | None = None,
+        attended: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C); `text` (B, L, Dt) with its (B, 1, 1, L) bias fuses."""
-        attended = self.window_attention(self.norm1(x))
+        """(B, H, W, C) -> (B, H, W, C); `text` (B, L, Dt) with its (B, 1, 1, L) bias fuses.
+        `attended`: this block's `attention_branch(x)` computed beforehand (read, not written)."""
+        if attended is None:
+            attended = self.attention_branch(x)
+        elif text is None or self.i2t is None:
+            attended = attended.clone()  # the in-place residual below must not write into it
         if text is not None and self.i2t is not None:
             tokens = attended.flatten(1, 2)
             update = self.i2t(tokens, text, text_bias)
@@ -131,6 +140,11 @@ class SwinBlock(nn.Module):
             x = x + self.drop_path(attended)
             return x + self.drop_path(self.mlp(self.norm2(x)))
         return self.residuals_in_place(x, attended)
+
+    def attention_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The text-independent part of the attention branch: window attention of norm1(x),
+        (B, H, W, C) -> (B, H, W, C)."""
+        return self.window_attention(self.norm1(x))
 
     def residuals_in_place(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Inference: the residual adds in place in the attention branch's fresh buffer, the
@@ -266,12 +280,18 @@ class FusedSwin(nn.Module):
         x: torch.Tensor,
         text: torch.Tensor | None = None,
         text_bias: torch.Tensor | None = None,
+        attended: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Run block (stage, block) on (B, H, W, C), with activation checkpointing if enabled."""
+        """Run block (stage, block) on (B, H, W, C), with activation checkpointing if enabled;
+        `attended`: its attention branch computed beforehand (see SwinBlock.forward)."""
         module = self.layers[stage].blocks[block]
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(module, x, text, text_bias, use_reentrant=False)
-        return module(x, text, text_bias)
+            return checkpoint(module, x, text, text_bias, attended, use_reentrant=False)
+        return module(x, text, text_bias, attended)
+
+    def block_attention(self, stage: int, block: int, x: torch.Tensor) -> torch.Tensor:
+        """The text-independent attention branch of block (stage, block) on (B, H, W, C)."""
+        return self.layers[stage].blocks[block].attention_branch(x)
 
     def downsample(self, stage: int, x: torch.Tensor) -> torch.Tensor:
         """PatchMerging at the end of `stage`: (B, H, W, C) -> (B, H/2, W/2, 2C)."""

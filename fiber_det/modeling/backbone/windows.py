@@ -2,14 +2,18 @@
 partition and merge, and the inference-time window attention.
 
 At inference (no autograd, no export tracing) a Swin block attends in chunks of windows and,
-for shifted blocks, without rolling the map (`attend_shifted`); the training path keeps the
-original's roll / mask / roll back. Both give the same values (tests/modeling/backbone).
+for shifted blocks, without rolling the map (`attend_shifted`); on a grid that needs padding it
+computes query / key / value and the output projection of the real tokens only
+(`attend_unpadded`). The training path keeps the original's pad / roll / mask / roll back. All
+give the same values (tests/modeling/backbone).
 """
 
 from functools import lru_cache
 
 import torch
 from timm.models.swin_transformer import WindowAttention
+
+from fiber_det.modeling.backbone.fusion import multi_head_attention
 
 # The -100 of the original shifted-window mask (Swin, FS2:470-496).
 SHIFT_MASK_LOGIT = -100.0
@@ -161,3 +165,111 @@ def merge_windows(windows: torch.Tensor, window: int, height: int, width: int) -
     channels = windows.shape[-1]
     x = windows.view(-1, height // window, width // window, window, window, channels)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
+
+
+def real_runs(start: int, count: int, padded: int, real: int) -> list[tuple[int, int, int]]:
+    """Runs (dst, src, length) covering the positions dst in [0, count) whose source
+    (start + dst) % padded lies in the real part [0, real) of a padded axis, sources
+    consecutive within a run: how one window row (or the rolled width) maps onto the map."""
+    runs: list[tuple[int, int, int]] = []
+    for dst in range(count):
+        src = (start + dst) % padded
+        if src >= real:
+            continue
+        if runs and runs[-1][0] + runs[-1][2] == dst and runs[-1][1] + runs[-1][2] == src:
+            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((dst, src, 1))
+    return runs
+
+
+def relative_position_bias(attention: WindowAttention) -> torch.Tensor:
+    """(1, heads, N, N) relative-position bias of a window of N tokens: the table entries its
+    relative_position_index picks, as timm's WindowAttention adds them."""
+    tokens = attention.relative_position_index.shape[0]
+    table = attention.relative_position_bias_table[attention.relative_position_index.view(-1)]
+    return table.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)
+
+
+def attend_unpadded(
+    attention: WindowAttention, x: torch.Tensor, window: int, shift: int
+) -> torch.Tensor:
+    """(Shifted-)window attention of a map that needs padding, computing no padded token
+    (inference): (B, H, W, C) normed map -> (B, H, W, C).
+
+    The original pads the normed map with zeros, so a padded token's query / key / value is
+    the qkv bias; padded tokens still serve as keys and values, but their outputs are cut
+    away. Here one window row at a time (rolled by `shift` when shifted) gets the qkv of its
+    real rows and the bias elsewhere, attends with the relative-position bias (and the shift
+    mask on the windows where the roll joins regions), and only the real tokens' outputs are
+    kept and projected, in one product at the end.
+    """
+    batch, height, width, channels = x.shape
+    padded_h = (height + window - 1) // window * window
+    padded_w = (width + window - 1) // window * window
+    rows, cols = padded_h // window, padded_w // window
+    position_bias = relative_position_bias(attention)
+    mask = shift_mask(padded_h, padded_w, window, shift, x.device, x.dtype) if shift else None
+    qkv_bias = attention.qkv.bias
+    if qkv_bias is None:
+        qkv_bias = x.new_zeros(attention.qkv.out_features)
+    column_runs = real_runs(shift, padded_w, padded_w, width)
+    context = None
+    for row in range(rows):
+        row_runs = real_runs(row * window + shift, window, padded_h, height)
+        pieces = [attention.qkv(x[:, src : src + length]) for _, src, length in row_runs]
+        strip = pieces[0].new_empty(batch, window, padded_w, pieces[0].shape[-1])
+        strip.copy_(qkv_bias.to(strip.dtype).expand_as(strip))
+        for (dst, _, length), piece in zip(row_runs, pieces):
+            for col_dst, col_src, col_length in column_runs:
+                target = strip[:, dst : dst + length, col_dst : col_dst + col_length]
+                target.copy_(piece[:, :, col_src : col_src + col_length])
+        windows = partition_windows(strip, window).unflatten(0, (batch, cols))
+        windows = windows.unflatten(-1, (3, attention.num_heads, -1))
+        query, key, value = windows.permute(3, 0, 1, 4, 2, 5)  # each (B, cols, heads, N, d)
+        edge = None if mask is None else (0 if row == rows - 1 else cols - 1)
+        out = attend_window_row(attention, query, key, value, position_bias, mask, row, edge)
+        out = out.unflatten(3, (window, window)).permute(0, 3, 1, 4, 2, 5)
+        out = out.reshape(batch, window, padded_w, -1)
+        if context is None:
+            context = out.new_empty(batch, height, width, out.shape[-1])
+        for dst, src, length in row_runs:
+            for col_dst, col_src, col_length in column_runs:
+                target = context[:, src : src + length, col_src : col_src + col_length]
+                target.copy_(out[:, dst : dst + length, col_dst : col_dst + col_length])
+    return attention.proj(context)
+
+
+def attend_window_row(
+    attention: WindowAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    position_bias: torch.Tensor,
+    mask: torch.Tensor | None,
+    row: int,
+    first_masked: int | None,
+) -> torch.Tensor:
+    """Attention of window row `row`: query / key / value (B, cols, heads, N, d) and the
+    position bias (1, heads, N, N) -> (B, cols, heads, N, d). The windows from `first_masked`
+    on also get their shift mask from `mask` (nW, N, N) (None: no window is masked); the
+    others attend with the position bias alone (their mask is all zero)."""
+    batch, cols = query.shape[:2]
+
+    def attend(windows: slice, bias: torch.Tensor) -> torch.Tensor:
+        # 4-D inputs: torch's CPU flash-attention kernel takes (B, heads, N, d) only
+        q, k, v = (t[:, windows].flatten(0, 1) for t in (query, key, value))
+        out = multi_head_attention(q, k, v, bias, attention.fused_attn)
+        return out.unflatten(0, (batch, -1))
+
+    if first_masked is None:
+        return attend(slice(0, cols), position_bias)
+    row_mask = mask[row * cols + first_masked : (row + 1) * cols]
+    edge_bias = (position_bias + row_mask[:, None]).repeat(batch, 1, 1, 1)
+    edge_out = attend(slice(first_masked, cols), edge_bias)
+    if first_masked == 0:
+        return edge_out
+    out = torch.empty(query.shape, dtype=edge_out.dtype, device=query.device)
+    out[:, first_masked:] = edge_out
+    out[:, :first_masked] = attend(slice(0, first_masked), position_bias)
+    return out

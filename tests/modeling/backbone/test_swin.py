@@ -13,6 +13,7 @@ from fiber_det.modeling.backbone.windows import (
     edge_window_ids,
     merge_windows,
     partition_windows,
+    real_runs,
     shift_mask,
     window_and_shift,
 )
@@ -84,6 +85,16 @@ def test_edge_windows_are_where_the_shift_mask_is_not_zero():
     assert edge_window_ids(1, 3) == [0, 1, 2] and edge_window_ids(3, 1) == [0, 1, 2]
 
 
+def test_real_runs_hand_computed():
+    """(dst, src, length) runs of the real positions: a padded axis of 8 with 5 real, read
+    from 0, rolled by 2, and the wrapped last window of 4 rolled by 2."""
+    assert real_runs(0, 8, 8, 5) == [(0, 0, 5)]
+    assert real_runs(2, 8, 8, 5) == [(0, 2, 3), (6, 0, 2)]
+    assert real_runs(6, 4, 8, 5) == [(2, 0, 2)]
+    assert real_runs(6, 4, 8, 8) == [(0, 6, 2), (2, 0, 2)]
+    assert real_runs(2, 4, 4, 1) == [(2, 0, 1)]
+
+
 @pytest.mark.parametrize("height, width", [(12, 16), (4, 12), (12, 4), (4, 4)])
 def test_attend_shifted_equals_roll_attend_roll(height, width):
     """The original's procedure: roll by -shift, attend in windows with the shift mask, merge,
@@ -101,15 +112,16 @@ def test_attend_shifted_equals_roll_attend_roll(height, width):
 
 @pytest.mark.parametrize("chunk_elements", [2**21, 1])
 @pytest.mark.parametrize("shifted", [False, True])
-@pytest.mark.parametrize("height, width", [(14, 21), (12, 8), (3, 5), (9, 4)])
+@pytest.mark.parametrize("height, width", [(14, 21), (12, 8), (3, 5), (9, 4), (1, 6), (6, 1)])
 def test_inference_block_equals_the_training_block(
     height, width, shifted, chunk_elements, monkeypatch
 ):
     """Without autograd a block attends without rolling, masks only the edge windows, runs the
     MLP in chunks (one window / one token at a time with `chunk_elements` 1) and adds the
     residuals in place: the values of the training path (the original's operations), and
-    the input is left as it was. Grids: padded both ways, unpadded, one window row, one
-    window column."""
+    the input is left as it was. Grids: padded both ways (the qkv and projection of real
+    tokens only), unpadded, one window row, one window column, fewer real rows (columns)
+    than the shift."""
     monkeypatch.setattr(windows_module, "CPU_CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(0)
     block = SwinBlock(16, 2, 4, shifted, 4.0, 0.0, 24, "pad_and_shift", False, True).eval()
@@ -126,13 +138,14 @@ def test_inference_block_equals_the_training_block(
         assert torch.equal(given, x)
 
 
+@pytest.mark.parametrize("height, width", [(8, 12), (7, 10)])
 @pytest.mark.parametrize("shifted", [False, True])
-def test_inference_block_keeps_the_residual_dtype_under_autocast(shifted):
+def test_inference_block_keeps_the_residual_dtype_under_autocast(shifted, height, width):
     """With bf16 autocast the attention branch comes out in bf16; the inference path must add
     it to the float32 residual stream as the training path does, not into the bf16 buffer."""
     torch.manual_seed(0)
     block = SwinBlock(16, 2, 4, shifted, 4.0, 0.0, None, "pad_and_shift", False, True).eval()
-    x = torch.randn(1, 8, 12, 16)
+    x = torch.randn(1, height, width, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = block(x)
         with torch.no_grad():

@@ -178,6 +178,37 @@ def test_prefix_then_fused_equals_full_forward(prompts_per_image):
         trunk.forward_fused(prefix, ids[:1], mask[:1])
 
 
+def test_inference_prefix_holds_the_first_pairs_text_independent_work():
+    """Without autograd the prefix also carries the first fused Swin block's window attention
+    and its text layer's t2i keys / values; prompts continued from it give the values of the
+    autograd path (which computes both in the fused pass), pass after pass, and no pass
+    writes into the prefix."""
+    trunk = _fused_trunk()
+    images = torch.randn(2, 3, 64, 96)
+    ids, mask = random_text(6, 10, [10, 9, 8, 7, 6, 5])
+    with torch.no_grad():
+        prefix = trunk.encode_image_prefix(images)
+    training_prefix = trunk.encode_image_prefix(images)
+    assert training_prefix.attended is None and training_prefix.text_context is None
+    expected = trunk.forward_fused(training_prefix, ids, mask)
+    block = trunk.image_backbone.layers[prefix.stage].blocks[prefix.block]
+    first_text_layer = trunk.text_backbone.layers[trunk.text_backbone.first_fused]
+    with torch.no_grad():
+        torch.testing.assert_close(prefix.attended, block.attention_branch(prefix.tokens))
+        keys, values = first_text_layer.t2i.keys_values(prefix.tokens.flatten(1, 2))
+        torch.testing.assert_close(prefix.text_context[0], keys)
+        torch.testing.assert_close(prefix.text_context[1], values)
+        kept = [t.clone() for t in (prefix.tokens, prefix.attended, *prefix.text_context)]
+        first = trunk.forward_fused(prefix, ids, mask)
+        second = trunk.forward_fused(prefix, ids, mask)
+    for name in expected.image:
+        torch.testing.assert_close(first.image[name], expected.image[name], atol=ATOL, rtol=0)
+        assert torch.equal(first.image[name], second.image[name])
+    torch.testing.assert_close(first.text.hidden, expected.text.hidden, atol=ATOL, rtol=0)
+    for before, now in zip(kept, (prefix.tokens, prefix.attended, *prefix.text_context)):
+        assert torch.equal(before, now)
+
+
 def test_fpn_prefix_path_equals_forward():
     backbone = build_fiber_fpn_backbone(tiny_trunk_cfg(), ShapeSpec(channels=3)).eval()
     set_gates(backbone)
