@@ -110,21 +110,22 @@ def test_attend_shifted_equals_roll_attend_roll(height, width):
         torch.testing.assert_close(attend_shifted(attention, x, 4, 2), expected)
 
 
+@pytest.mark.parametrize("use_sdpa", [False, True])
 @pytest.mark.parametrize("chunk_elements", [2**21, 1])
 @pytest.mark.parametrize("shifted", [False, True])
 @pytest.mark.parametrize("height, width", [(14, 21), (12, 8), (3, 5), (9, 4), (1, 6), (6, 1)])
 def test_inference_block_equals_the_training_block(
-    height, width, shifted, chunk_elements, monkeypatch
+    height, width, shifted, chunk_elements, use_sdpa, monkeypatch
 ):
     """Without autograd a block attends without rolling, masks only the edge windows, runs the
     MLP in chunks (one window / one token at a time with `chunk_elements` 1) and adds the
     residuals in place: the values of the training path (the original's operations), and
     the input is left as it was. Grids: padded both ways (the qkv and projection of real
     tokens only), unpadded, one window row, one window column, fewer real rows (columns)
-    than the shift."""
+    than the shift; SDPA and explicit attention."""
     monkeypatch.setattr(windows_module, "CPU_CHUNK_ELEMENTS", chunk_elements)
     torch.manual_seed(0)
-    block = SwinBlock(16, 2, 4, shifted, 4.0, 0.0, 24, "pad_and_shift", False, True).eval()
+    block = SwinBlock(16, 2, 4, shifted, 4.0, 0.0, 24, "pad_and_shift", False, use_sdpa).eval()
     torch.nn.init.constant_(block.i2t.gate, 0.5)
     x = torch.randn(2, height, width, 16)
     text = torch.randn(2, 5, 24)
