@@ -76,8 +76,9 @@ def _add_head_config(cfg: CN) -> None:
     cfg.MODEL.GROUNDING.PRE_NMS_TOPK_TEST = 1000  # candidates kept per level and image
     cfg.MODEL.GROUNDING.NMS_THRESH_TEST = 0.6  # class-wise NMS IoU; cap: TEST.DETECTIONS_PER_IMAGE
     # prompt chunks per fused pass at inference, after the image prefix: 1 runs them one at a time
-    # (as the original does; on the CPU also the fastest: FIBER-B, LVIS-1203, 800x1333 in 70 s
-    # and 2.2 GB, against 92-101 s and 6.9 GB for all 31 chunks in one pass), k batches k, 0 all
+    # (as the original does; on a 2-core Intel CPU also the fastest: FIBER-B, LVIS-1203, 800x1333
+    # in 70 s and 2.2 GB, against 92-101 s and 6.9 GB for all 31 chunks in one pass), k batches k,
+    # 0 all
     cfg.MODEL.GROUNDING.PROMPTS_PER_PASS = 1
 
 

@@ -65,7 +65,7 @@ class SwinBlock(nn.Module):
         self.shifted = shifted
         self.window_policy = window_policy
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads=num_heads, window_size=window_size)
+        self.attn = WindowAttention(dim, num_heads, window_size=window_size, qkv_bias=True)
         self.attn.fused_attn = use_sdpa
         self.i2t = None
         if text_dim is not None:

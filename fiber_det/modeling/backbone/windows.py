@@ -210,9 +210,7 @@ def attend_unpadded(
     rows, cols = padded_h // window, padded_w // window
     position_bias = relative_position_bias(attention)
     mask = shift_mask(padded_h, padded_w, window, shift, x.device, x.dtype) if shift else None
-    qkv_bias = attention.qkv.bias
-    if qkv_bias is None:
-        qkv_bias = x.new_zeros(attention.qkv.out_features)
+    qkv_bias = attention.qkv.bias  # SwinBlock builds WindowAttention with qkv_bias=True
     column_runs = real_runs(shift, padded_w, padded_w, width)
     context = None
     for row in range(rows):
