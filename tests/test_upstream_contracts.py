@@ -160,3 +160,32 @@ def test_torch_flop_counter_counts_cpu_attention_through_the_benchmark_mapping()
         with torch.no_grad():
             gflop = count_gflop(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
         assert gflop * 1e9 == 4 * 2 * 3 * 5 * 7 * 8  # QK^T and PV: 2 * L * S * D each per head
+
+
+def test_torch_onednn_linear_op_hand_computed():
+    """backbone/onednn_linear.py runs CPU inference linears through torch's internal
+    torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")."""
+    from fiber_det.modeling.backbone.onednn_linear import onednn_linear, onednn_linear_available
+
+    x = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    bias = torch.tensor([0.5, 0.0, -1.0])
+    expected = torch.tensor([[[1.5, 2.0, 2.0], [3.5, 4.0, 6.0]]])
+    with contract("torch", "torch.ops.mkldnn._linear_pointwise (oneDNN linear)"):
+        assert onednn_linear_available()
+        torch.testing.assert_close(onednn_linear(x, weight, bias), expected)
+        torch.testing.assert_close(onednn_linear(x[0], weight), expected[0] - bias)
+
+
+def test_torch_flop_counter_counts_onednn_linears_through_the_benchmark_mapping():
+    """count_gflop maps torch.ops.mkldnn._linear_pointwise, which torch.utils.flop_counter does
+    not count, onto 2 * rows * N * K."""
+    from fiber_det.modeling.backbone.onednn_linear import onednn_linear
+    from tests.tools.tool_module import load_tool
+
+    count_gflop = load_tool("benchmark_common").count_gflop
+    x, weight = torch.randn(2, 3, 5), torch.randn(7, 5)
+    with contract("torch", "torch.ops.mkldnn._linear_pointwise in torch.utils.flop_counter"):
+        with torch.no_grad():
+            gflop = count_gflop(lambda: onednn_linear(x, weight, torch.zeros(7)))
+        assert round(gflop * 1e9) == 2 * 6 * 7 * 5

@@ -39,12 +39,25 @@ def cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=Non
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def onednn_linear_flop(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of oneDNN's linear (the trunk's CPU inference linears), which torch.utils.flop_counter
+    does not count: input (..., K) x weight (N, K)."""
+    rows = 1
+    for size in input_shape[:-1]:
+        rows *= size
+    return 2 * rows * weight_shape[0] * weight_shape[1]
+
+
 def count_gflop(function: Callable) -> float:
-    """GFLOP of one call of `function` (torch.utils.flop_counter, CPU attention included)."""
+    """GFLOP of one call of `function` (torch.utils.flop_counter, CPU attention and oneDNN
+    linears included)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    counter = FlopCounterMode(display=False, custom_mapping={cpu_attention: cpu_attention_flop})
+    custom = {
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_flop,
+        torch.ops.mkldnn._linear_pointwise: onednn_linear_flop,
+    }
+    counter = FlopCounterMode(display=False, custom_mapping=custom)
     with counter:
         function()
     return counter.get_total_flops() / 1e9
@@ -55,6 +68,23 @@ def matmul_gflops(size: int = 2048, iterations: int = 3) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
     best = min(time_calls(lambda: a @ b, iterations, 1, "cpu"))
     return round(2 * size**3 / best / 1e6, 1)
+
+
+def matmul_rates(achieved_gflops: float) -> dict:
+    """The matmul rate now through torch's `@` (the BLAS, MKL in the wheels) and through oneDNN
+    (what the trunk's CPU inference linears run on), and `achieved_gflops` as a fraction of each."""
+    from fiber_det.modeling.backbone.onednn_linear import onednn_linear
+
+    torch_rate = matmul_gflops()
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = min(time_calls(lambda: onednn_linear(a, b), 3, 1, "cpu"))
+    onednn_rate = round(2 * 2048**3 / best / 1e6, 1)
+    return {
+        "matmul_gflops": torch_rate,
+        "fraction_of_matmul": round(achieved_gflops / torch_rate, 2),
+        "onednn_matmul_gflops": onednn_rate,
+        "fraction_of_onednn_matmul": round(achieved_gflops / onednn_rate, 2),
+    }
 
 
 def time_calls(function: Callable, iterations: int, warmup: int, device: str) -> list[float]:

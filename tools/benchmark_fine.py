@@ -7,7 +7,7 @@ import statistics
 import torch
 from benchmark_common import (
     count_gflop,
-    matmul_gflops,
+    matmul_rates,
     peak_rss_mib,
     run_child,
     subcommand,
@@ -97,13 +97,7 @@ def work_rate(forward, forward_ms: float) -> dict:
     with torch.no_grad():
         work = count_gflop(forward)
     achieved = work / forward_ms * 1000
-    rate = matmul_gflops()
-    return {
-        "gflop": round(work, 1),
-        "gflops": round(achieved, 1),
-        "matmul_gflops": rate,
-        "fraction_of_matmul": round(achieved / rate, 2),
-    }
+    return {"gflop": round(work, 1), "gflops": round(achieved, 1), **matmul_rates(achieved)}
 
 
 @subcommand(

@@ -4,7 +4,7 @@ each with the achieved GFLOP/s next to the fp32 matmul rate measured in the same
 import json
 
 import torch
-from benchmark_common import count_gflop, matmul_gflops, subcommand, time_calls
+from benchmark_common import count_gflop, matmul_gflops, matmul_rates, subcommand, time_calls
 
 # FPN levels P3-P7 of an 800x1333 image padded to 800x1344 (strides 8 to 128)
 FIBER_B_LEVELS = [(100, 168), (50, 84), (25, 42), (13, 21), (7, 11)]
@@ -102,7 +102,6 @@ def measure_head(text_len: int, iterations: int) -> dict:
         deform_conv.gathered_deform_conv2d = deform_conv.sampled_deform_conv2d
         recording_ms = best_ms(lambda: head(features, text), iterations)
         deform_conv.gathered_deform_conv2d = gathered
-    rate = matmul_gflops()
     achieved = flops / inference_ms / 1e6
     return {
         "text_len": text_len,
@@ -112,8 +111,7 @@ def measure_head(text_len: int, iterations: int) -> dict:
         "grid_sample_path_ms": recording_ms,
         "speedup": round(recording_ms / inference_ms, 2),
         "inference_gflops": round(achieved, 1),
-        "matmul_gflops": rate,
-        "fraction_of_matmul": round(achieved / rate, 2),
+        **matmul_rates(achieved),
     }
 
 

@@ -16,6 +16,7 @@ from transformers import AutoConfig, BertConfig, PretrainedConfig, RobertaConfig
 
 from fiber_det.checkpoint.unimodal import load_swin_weights, load_text_weights
 from fiber_det.modeling.backbone.fusion import extended_attention_bias
+from fiber_det.modeling.backbone.onednn_linear import onednn_linears_on_cpu
 from fiber_det.modeling.backbone.roberta import FusedBert, FusedRoberta
 from fiber_det.modeling.backbone.swin import FusedSwin
 from fiber_det.modeling.backbone.windows import eager_inference
@@ -94,6 +95,8 @@ class FiberTrunk(nn.Module):
         fusion_enabled: False makes every forward a dual-encoder forward.
         fused_text_last_norm: apply the last text layer's output LayerNorm on the fused path
             (fine-grained: True; coarse-grained `last_norm=False`: False).
+        onednn_cpu_linear: CPU fp32 inference runs the linear layers through oneDNN (see
+            onednn_linear.py); False keeps `F.linear`'s BLAS.
     """
 
     @configurable
@@ -104,6 +107,7 @@ class FiberTrunk(nn.Module):
         text_backbone: FusedRoberta,
         fusion_enabled: bool = True,
         fused_text_last_norm: bool = True,
+        onednn_cpu_linear: bool = True,
     ):
         super().__init__()
         num_text_fused = len(text_backbone.layers) - text_backbone.first_fused
@@ -116,6 +120,7 @@ class FiberTrunk(nn.Module):
         self.text_backbone = text_backbone
         self.fusion_enabled = fusion_enabled
         self.fused_text_last_norm = fused_text_last_norm
+        self.onednn_cpu_linear = onednn_cpu_linear
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -156,6 +161,7 @@ class FiberTrunk(nn.Module):
             "text_backbone": roberta,
             "fusion_enabled": fiber.FUSION.ENABLED,
             "fused_text_last_norm": fiber.FUSION.TEXT_LAST_NORM,
+            "onednn_cpu_linear": fiber.ONEDNN_CPU_LINEAR,
         }
 
     @property
@@ -192,6 +198,7 @@ class FiberTrunk(nn.Module):
     def size_divisibility(self) -> int:
         return self.image_backbone.strides[-1]
 
+    @onednn_linears_on_cpu
     def forward(
         self,
         images: torch.Tensor,
@@ -213,6 +220,7 @@ class FiberTrunk(nn.Module):
             text = self.encode_text(input_ids, attention_mask)
         return TrunkOutput(image, text, tokens.flatten(1, 2), fused=False)
 
+    @onednn_linears_on_cpu
     def encode_text(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> TextFeatures:
@@ -226,6 +234,7 @@ class FiberTrunk(nn.Module):
         """The text tower's weights: all that `encode_text` depends on."""
         return self.text_backbone.state_dict()
 
+    @onednn_linears_on_cpu
     def encode_image_prefix(self, images: torch.Tensor) -> ImagePrefix:
         """Patch embedding and every block before the first fused one: (B, 3, H, W) -> prefix;
         at inference also the first fused pair's text-independent work (see ImagePrefix)."""
@@ -238,6 +247,7 @@ class FiberTrunk(nn.Module):
             prefix.text_context = first_text_layer.image_keys_values(tokens.flatten(1, 2))
         return prefix
 
+    @onednn_linears_on_cpu
     def forward_fused(
         self,
         prefix: ImagePrefix,
