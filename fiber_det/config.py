@@ -12,7 +12,7 @@ def _add_trunk_config(cfg: CN) -> None:
     cfg.MODEL.FIBER.USE_SDPA = True  # torch scaled_dot_product_attention in every attention
     cfg.MODEL.FIBER.USE_CHECKPOINT = False  # activation checkpointing per Swin block / text layer
     # CPU fp32 inference: linear layers through oneDNN instead of F.linear's BLAS (MKL is slower
-    # on AMD CPUs; backbone/onednn_linear.py). Training, autocast, export and GPUs are unaffected.
+    # on AMD CPUs; modeling/onednn_linear.py). Training, autocast, export and GPUs are unaffected.
     cfg.MODEL.FIBER.ONEDNN_CPU_LINEAR = True
     cfg.MODEL.FIBER.SWIN = CN()
     cfg.MODEL.FIBER.SWIN.PATCH_SIZE = 4  # patch embedding stride (res2 stride)

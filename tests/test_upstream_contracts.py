@@ -163,9 +163,9 @@ def test_torch_flop_counter_counts_cpu_attention_through_the_benchmark_mapping()
 
 
 def test_torch_onednn_linear_op_hand_computed():
-    """backbone/onednn_linear.py runs CPU inference linears through torch's internal
+    """modeling/onednn_linear.py runs CPU inference linears through torch's internal
     torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")."""
-    from fiber_det.modeling.backbone.onednn_linear import onednn_linear, onednn_linear_available
+    from fiber_det.modeling.onednn_linear import onednn_linear, onednn_linear_available
 
     x = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
     weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -180,7 +180,7 @@ def test_torch_onednn_linear_op_hand_computed():
 def test_torch_flop_counter_counts_onednn_linears_through_the_benchmark_mapping():
     """count_gflop maps torch.ops.mkldnn._linear_pointwise, which torch.utils.flop_counter does
     not count, onto 2 * rows * N * K."""
-    from fiber_det.modeling.backbone.onednn_linear import onednn_linear
+    from fiber_det.modeling.onednn_linear import onednn_linear
     from tests.tools.tool_module import load_tool
 
     count_gflop = load_tool("benchmark_common").count_gflop

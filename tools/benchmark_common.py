@@ -73,7 +73,7 @@ def matmul_gflops(size: int = 2048, iterations: int = 3) -> float:
 def matmul_rates(achieved_gflops: float) -> dict:
     """The matmul rate now through torch's `@` (the BLAS, MKL in the wheels) and through oneDNN
     (what the trunk's CPU inference linears run on), and `achieved_gflops` as a fraction of each."""
-    from fiber_det.modeling.backbone.onednn_linear import onednn_linear
+    from fiber_det.modeling.onednn_linear import onednn_linear
 
     torch_rate = matmul_gflops()
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)

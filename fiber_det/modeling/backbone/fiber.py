@@ -16,10 +16,10 @@ from transformers import AutoConfig, BertConfig, PretrainedConfig, RobertaConfig
 
 from fiber_det.checkpoint.unimodal import load_swin_weights, load_text_weights
 from fiber_det.modeling.backbone.fusion import extended_attention_bias
-from fiber_det.modeling.backbone.onednn_linear import onednn_linears_on_cpu
 from fiber_det.modeling.backbone.roberta import FusedBert, FusedRoberta
 from fiber_det.modeling.backbone.swin import FusedSwin
 from fiber_det.modeling.backbone.windows import eager_inference
+from fiber_det.modeling.onednn_linear import onednn_linears_on_cpu
 
 
 @dataclass

@@ -18,6 +18,8 @@ On other devices torchvision's kernel is used.
 import torch
 from torchvision.ops import deform_conv2d as torchvision_deform_conv2d
 
+from fiber_det.modeling.onednn_linear import onednn_linear, onednn_linear_available
+
 LOCATIONS_PER_BLOCK = 512  # output locations per gather + GEMM: (512, 9 * 256) fp32 is 4.7 MB
 
 
@@ -155,7 +157,8 @@ def gathered_deform_conv2d(
     LOCATIONS_PER_BLOCK output locations at a time, one `embedding_bag` sums the four weighted
     corners of every (location, tap) into columns (block, K*C) and one GEMM, columns x
     weight^T (K*C, O), writes their rows of the (B, Ho*Wo, O) result; blocks keep the columns
-    in cache instead of materialising (Ho*Wo, K*C).
+    in cache instead of materialising (Ho*Wo, K*C). In fp32 the GEMM runs through oneDNN when
+    torch has it (faster than MKL's sgemm on AMD CPUs; see onednn_linear.py).
     """
     batch, channels, height, width = x.shape
     out_channels, _, kernel_h, kernel_w = weight.shape
@@ -168,6 +171,7 @@ def gathered_deform_conv2d(
     tables = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
     matrix = weight.permute(0, 2, 3, 1).reshape(out_channels, taps * channels)
     out = x.new_empty(batch, locations, out_channels)
+    onednn = x.dtype == torch.float32 and onednn_linear_available()
     block = LOCATIONS_PER_BLOCK
     for image in range(batch):
         table = tables[image].contiguous()
@@ -176,7 +180,9 @@ def gathered_deform_conv2d(
             columns = torch.nn.functional.embedding_bag(
                 indices[image, rows], table, per_sample_weights=weights[image, rows], mode="sum"
             )
-            torch.mm(
-                columns.view(-1, taps * channels), matrix.t(), out=out[image, first : first + block]
-            )
+            rows_out = out[image, first : first + block]
+            if onednn:
+                rows_out.copy_(onednn_linear(columns.view(-1, taps * channels), matrix))
+            else:
+                torch.mm(columns.view(-1, taps * channels), matrix.t(), out=rows_out)
     return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)

@@ -10,6 +10,7 @@ from fiber_det.modeling.grounding.deform_conv import (
     modulated_deform_conv2d,
     sampling_grid,
 )
+from fiber_det.modeling.onednn_linear import onednn_linear
 
 
 def _inputs(size: tuple[int, int], stride: int, offset_scale: float, integer: bool = False):
@@ -79,9 +80,11 @@ def test_offset_of_the_wrong_size_names_the_expected_shape():
         (1, 2, (1, 1), 1, 1.0, 1),
     ],
 )
+@pytest.mark.parametrize("onednn", [True, False])
 def test_inference_gather_path_equals_torchvision(
-    batch, channels, size, stride, offset_scale, block, monkeypatch
+    batch, channels, size, stride, offset_scale, block, onednn, monkeypatch
 ):
+    """With oneDNN (one GEMM per block and image) and with torch.mm (torch without oneDNN)."""
     generator = torch.Generator().manual_seed(1)
     height, width = size
     out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
@@ -93,9 +96,15 @@ def test_inference_gather_path_equals_torchvision(
     expected = deform_conv2d(x, offset, weight, bias, stride, 1, mask=mask)
     monkeypatch.setattr(deform_conv, "LOCATIONS_PER_BLOCK", block)
     monkeypatch.setattr(deform_conv, "sampled_deform_conv2d", None)  # no grad: never used
+    monkeypatch.setattr(deform_conv, "onednn_linear_available", lambda: onednn)
+    gemms = []
+    monkeypatch.setattr(
+        deform_conv, "onednn_linear", lambda *args: gemms.append(1) or onednn_linear(*args)
+    )
     with torch.no_grad():
         actual = modulated_deform_conv2d(x, offset, weight, bias, stride, 1, mask)
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-5)
+    assert len(gemms) == (batch * -(-out_h * out_w // block) if onednn else 0)
 
 
 def test_gather_corners_hand_values():

@@ -1,16 +1,17 @@
-"""CPU inference: the trunk's linear layers through oneDNN's matmul.
+"""CPU inference: fp32 matrix products through oneDNN's matmul.
 
-`F.linear` on a CPU runs the BLAS torch was built with (MKL in the PyPI wheels). On AMD CPUs
-MKL's sgemm takes a slower code path than on Intel ones: on a 2-core AMD EPYC (AVX-512) it ran
-FIBER-B's linear shapes at 106-203 GFLOP/s where oneDNN, which torch also ships, ran them at
-160-225 (`tools/benchmark.py targets` reports both rates). `OneDnnLinears` routes the fp32
-`F.linear` calls of an inference forward on a CPU to oneDNN; everything else (autograd,
-autocast, export tracing, other devices and dtypes) keeps `F.linear`.
+`F.linear` and `torch.mm` on a CPU run the BLAS torch was built with (MKL in the PyPI wheels).
+On AMD CPUs MKL's sgemm takes a slower code path than on Intel ones: on a 2-core AMD EPYC
+(AVX-512) it ran FIBER-B's linear shapes at 106-203 GFLOP/s where oneDNN, which torch also
+ships, ran them at 160-225 (`tools/benchmark.py targets` reports both rates). `OneDnnLinears`
+routes the fp32 `F.linear` calls of an inference forward on a CPU to oneDNN (the trunk enters it
+through `onednn_linears_on_cpu`; the DyHead's CPU deformable conv calls `onednn_linear` itself);
+everything else (autograd, autocast, export tracing, other devices and dtypes) keeps torch's path.
 
 oneDNN's linear is reached through `torch.ops.mkldnn._linear_pointwise`, the op torch's own
 inductor compiles CPU linears to. It is internal to torch: the version tested is pinned in
-requirements.lock and tests/modeling/backbone/test_onednn_linear.py names torch when the op
-goes away or changes.
+requirements.lock and tests/test_upstream_contracts.py names torch when the op goes away or
+changes.
 """
 
 import functools

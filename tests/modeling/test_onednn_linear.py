@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fiber_det.modeling.backbone import onednn_linear as module
+from fiber_det.modeling import onednn_linear as module
 from fiber_det.modeling.backbone.fiber import FiberTrunk
-from fiber_det.modeling.backbone.onednn_linear import OneDnnLinears, onednn_linear
+from fiber_det.modeling.onednn_linear import OneDnnLinears, onednn_linear
 from tests.modeling.backbone.tiny import random_text, set_gates, tiny_trunk_cfg
 
 
