@@ -3,7 +3,7 @@
 `F.linear` and `torch.mm` on a CPU run the BLAS torch was built with (MKL in the PyPI wheels).
 On AMD CPUs MKL's sgemm takes a slower code path than on Intel ones: on a 2-core AMD EPYC
 (AVX-512) it ran FIBER-B's linear shapes at 106-203 GFLOP/s where oneDNN, which torch also
-ships, ran them at 160-225 (`tools/benchmark.py targets` reports both rates). `OneDnnLinears`
+ships, ran them at 157-225 (`tools/benchmark.py targets` reports both rates). `OneDnnLinears`
 routes the fp32 `F.linear` calls of an inference forward on a CPU to oneDNN (the trunk enters it
 through `onednn_linears_on_cpu`; the DyHead's CPU deformable conv calls `onednn_linear` itself);
 everything else (autograd, autocast, export tracing, other devices and dtypes) keeps torch's path.
@@ -74,8 +74,9 @@ class OneDnnLinears(TorchFunctionMode):
 
 def onednn_linears_on_cpu(method):
     """Decorate a module method: when `self.onednn_cpu_linear` is set, oneDNN is available, the
-    call runs without autograd or export tracing and the module's weights are on a CPU, run
-    the method inside `OneDnnLinears` (once: nested decorated calls reuse the outer mode)."""
+    call runs eagerly without autograd (no export or compile tracing) and the module's weights
+    are on a CPU, run the method inside `OneDnnLinears` (once: nested decorated calls reuse the
+    outer mode)."""
 
     @functools.wraps(method)
     def wrapped(self, *args, **kwargs):
@@ -83,6 +84,7 @@ def onednn_linears_on_cpu(method):
             getattr(_ACTIVE, "on", False)
             or not self.onednn_cpu_linear
             or not eager_inference()
+            or torch.compiler.is_compiling()
             or not onednn_linear_available()
             or next(self.parameters()).device.type != "cpu"
         ):

@@ -90,3 +90,11 @@ def test_trunk_inference_runs_its_linears_through_onednn_once_per_call(routed, m
     routed.clear()
     onednn(images, ids, mask)  # with autograd: the training path, no oneDNN
     assert routed == [] and len(entered) == 1
+
+
+def test_trunk_leaves_linears_to_torch_while_compiling(routed, monkeypatch):
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    images, (ids, mask) = torch.randn(1, 3, 64, 64), random_text(1, 5, [5])
+    with torch.no_grad():
+        _trunk(True)(images, ids, mask)
+    assert routed == []
