@@ -16,6 +16,7 @@ every measurement in its own child process of one run.
   at the same rate.
 """
 
+import argparse
 import json
 import os
 import re
@@ -143,6 +144,13 @@ def ratio(numerator: float, denominator: float) -> float:
     return round(numerator / denominator, 2)
 
 
+def positive_int(text: str) -> int:
+    """argparse type of --rounds: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"needs an integer >= 1, got '{text}'")
+    return int(text)
+
+
 def fastest(results: list[dict], key: str) -> dict:
     """The result with the smallest `key` (the first one, an error, when none has it)."""
     timed = [result for result in results if key in result]
@@ -186,7 +194,7 @@ def trunk_rows(args) -> None:
         (["--sizes"], {"nargs": "+", "default": ["384x384", "800x1344"]}),
         (["--model"], {"default": "fiber-b"}),
         (["--fiber-src"], {"help": "a microsoft/FIBER checkout: also time the original trunk"}),
-        (["--rounds"], {"type": int, "default": 2, "help": "trunk: alternate the two this often"}),
+        (["--rounds"], {"type": positive_int, "default": 2, "help": "trunk: alternate this often"}),
         (["--case"], {"nargs": 2, "metavar": ("MODEL", "SIZE"), "help": "internal"}),
     ],
 )
