@@ -189,3 +189,17 @@ def test_torch_flop_counter_counts_onednn_linears_through_the_benchmark_mapping(
         with torch.no_grad():
             gflop = count_gflop(lambda: onednn_linear(x, weight, torch.zeros(7)))
         assert round(gflop * 1e9) == 2 * 6 * 7 * 5
+
+
+def test_torch_dynamo_recompile_limit_is_an_integer_setting():
+    """tools/benchmark_gpu.py raises torch._dynamo.config.recompile_limit so that torch.compile
+    keeps compiling Swin-B's block variants (more than the default of 8) instead of falling
+    back to eager for the rest."""
+    import torch._dynamo
+
+    with contract("torch", "torch._dynamo.config.recompile_limit"):
+        before = torch._dynamo.config.recompile_limit
+        assert isinstance(before, int) and before >= 1
+        with torch._dynamo.config.patch(recompile_limit=before + 56):
+            assert torch._dynamo.config.recompile_limit == before + 56
+        assert torch._dynamo.config.recompile_limit == before

@@ -14,6 +14,7 @@ import argparse
 import benchmark_coarse  # noqa: F401  (registers coarse, caption, retrieval)
 import benchmark_export  # noqa: F401  (registers export)
 import benchmark_fine  # noqa: F401  (registers trunk, detector)
+import benchmark_gpu  # noqa: F401  (registers gpu)
 import benchmark_head  # noqa: F401  (registers deform-conv, head)
 import benchmark_targets  # noqa: F401  (registers targets)
 from benchmark_common import SUBCOMMANDS

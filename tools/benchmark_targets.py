@@ -14,6 +14,7 @@ every measurement in its own child process of one run.
   measured as one detector call, with its parts (best of 3 each), and the fast mode (fusion off,
   cached text) on both. The same ratio in GFLOP is what the time ratio would be if every part ran
   at the same rate.
+- gpu (with a CUDA device): images/s of the detector with one COCO-80 prompt (benchmark_gpu.py).
 """
 
 import argparse
@@ -33,6 +34,7 @@ from benchmark_common import (
     subcommand,
     time_calls,
 )
+from benchmark_gpu import PRECISIONS, gpu_rows
 
 OFFICIAL_SCRIPT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)),
@@ -190,7 +192,7 @@ def trunk_rows(args) -> None:
     "targets",
     "issue 17's speed targets, each figure with its ratio (FIBER-B on CPU: tens of minutes)",
     [
-        (["--parts"], {"nargs": "+", "default": ["head", "vocabulary", "trunk"]}),
+        (["--parts"], {"nargs": "+", "default": ["head", "vocabulary", "trunk", "gpu"]}),
         (["--sizes"], {"nargs": "+", "default": ["384x384", "800x1344"]}),
         (["--model"], {"default": "fiber-b"}),
         (["--fiber-src"], {"help": "a microsoft/FIBER checkout: also time the original trunk"}),
@@ -214,3 +216,5 @@ def benchmark_targets(args) -> None:
         print(json.dumps({"target": "vocabulary", **case}), flush=True)
     if "trunk" in args.parts:
         trunk_rows(args)
+    if "gpu" in args.parts:
+        gpu_rows(args.model, "800x1333", PRECISIONS, [1, 4], ["none", "all"])

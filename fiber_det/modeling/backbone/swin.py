@@ -92,11 +92,14 @@ class SwinBlock(nn.Module):
         padded_h = (height + window - 1) // window * window
         padded_w = (width + window - 1) // window * window
         needs_padding = padded_h != height or padded_w != width
-        if eager_inference() and needs_padding:
+        # the CPU inference paths work a window row / a few windows at a time, for the caches;
+        # on a GPU their many small launches cost more than one pass over every window
+        cpu_inference = eager_inference() and x.device.type == "cpu"
+        if cpu_inference and needs_padding:
             return attend_unpadded(self.attn, x, window, shift)
         if torch.compiler.is_exporting() or needs_padding:
             x = F.pad(x, (0, 0, 0, padded_w - width, 0, padded_h - height))
-        if eager_inference():
+        if cpu_inference:
             if shift:
                 return attend_shifted(self.attn, x, window, shift)
             out = attend_in_chunks(self.attn, partition_windows(x, window))

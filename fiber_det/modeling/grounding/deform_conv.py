@@ -158,7 +158,8 @@ def gathered_deform_conv2d(
     corners of every (location, tap) into columns (block, K*C) and one GEMM, columns x
     weight^T (K*C, O), writes their rows of the (B, Ho*Wo, O) result; blocks keep the columns
     in cache instead of materialising (Ho*Wo, K*C). In fp32 the GEMM runs through oneDNN when
-    torch has it (faster than MKL's sgemm on AMD CPUs; see onednn_linear.py).
+    torch has it (faster than MKL's sgemm on AMD CPUs; see onednn_linear.py), except while
+    torch.compile traces.
     """
     batch, channels, height, width = x.shape
     out_channels, _, kernel_h, kernel_w = weight.shape
@@ -171,7 +172,8 @@ def gathered_deform_conv2d(
     tables = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
     matrix = weight.permute(0, 2, 3, 1).reshape(out_channels, taps * channels)
     out = x.new_empty(batch, locations, out_channels)
-    onednn = x.dtype == torch.float32 and onednn_linear_available()
+    compiling = torch.compiler.is_compiling()  # inductor plans its own GEMMs
+    onednn = x.dtype == torch.float32 and onednn_linear_available() and not compiling
     block = LOCATIONS_PER_BLOCK
     for image in range(batch):
         table = tables[image].contiguous()

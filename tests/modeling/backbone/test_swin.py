@@ -153,3 +153,25 @@ def test_inference_block_keeps_the_residual_dtype_under_autocast(shifted, height
             given = block(x)
     assert given.dtype == expected.dtype == torch.float32
     torch.testing.assert_close(given, expected, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_inference_off_the_cpu_takes_one_pass_over_all_windows(shifted, monkeypatch):
+    """The row-by-row / chunked attention paths are for CPU caches; on another device (here
+    the meta device, shapes only) inference attends over every window at once, as training."""
+    from fiber_det.modeling.backbone import swin as swin_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a CPU inference path ran off the CPU")
+
+    for name in ("attend_unpadded", "attend_shifted", "attend_in_chunks"):
+        monkeypatch.setattr(swin_module, name, refuse)
+
+    def build():
+        return SwinBlock(16, 2, 4, shifted, 4.0, 0.0, None, "pad_and_shift", False, True).eval()
+
+    with torch.no_grad():
+        out = build().to("meta")(torch.empty(2, 7, 10, 16, device="meta"))
+        assert out.shape == (2, 7, 10, 16) and out.device.type == "meta"
+        with pytest.raises(AssertionError, match="CPU inference path"):
+            build()(torch.randn(2, 7, 10, 16))
