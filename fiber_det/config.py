@@ -190,6 +190,9 @@ def _add_solver_config(cfg: CN) -> None:
     # coarse: cross-modal parameters (transforms, poolers, cross-attention, gates), lr x factor.
     cfg.SOLVER.CROSS_MODAL_KEYWORDS = ["cross_modal", "i2t", "t2i"]
     cfg.SOLVER.CROSS_MODAL_LR_FACTOR = 5.0
+    # with detectron2's SOLVER.AMP.ENABLED (CUDA): the autocast dtype, "float16" (the original's
+    # fp16 mixed precision) or "bfloat16" (Ampere and newer GPUs)
+    cfg.SOLVER.AMP.PRECISION = "float16"
 
 
 def _add_ema_config(cfg: CN) -> None:

@@ -51,6 +51,28 @@ def load_weights(cfg: CfgNode, model: torch.nn.Module, resume: bool) -> None:
     load_ema_weights(checkpointer, model, path)
 
 
+AMP_PRECISIONS = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def build_step_trainer(cfg: CfgNode, model, data_loader, optimizer) -> SimpleTrainer:
+    """detectron2's loop of training steps: AMPTrainer autocasting to SOLVER.AMP.PRECISION when
+    SOLVER.AMP.ENABLED (on CUDA only, as detectron2's AMPTrainer), else SimpleTrainer."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return SimpleTrainer(model, data_loader, optimizer)
+    precision = cfg.SOLVER.AMP.PRECISION
+    if precision not in AMP_PRECISIONS:
+        raise ValueError(
+            f"SOLVER.AMP.PRECISION={precision!r}: one of {sorted(AMP_PRECISIONS)} (bfloat16 "
+            "needs an Ampere or newer GPU)"
+        )
+    if not cfg.MODEL.DEVICE.startswith("cuda"):
+        raise ValueError(
+            f"SOLVER.AMP.ENABLED with MODEL.DEVICE={cfg.MODEL.DEVICE!r}: detectron2's AMPTrainer "
+            "trains on CUDA only; turn AMP off on the CPU"
+        )
+    return AMPTrainer(model, data_loader, optimizer, precision=AMP_PRECISIONS[precision])
+
+
 class FiberTrainer(DefaultTrainer):
     """detectron2's DefaultTrainer with the optimizer and schedule of `fiber_det.solver` and
     checkpoints through FiberCheckpointer (fiber_det files only, atomic saves).
@@ -80,8 +102,7 @@ class FiberTrainer(DefaultTrainer):
             device_ids=[comm.get_local_rank()] if cfg.MODEL.DEVICE.startswith("cuda") else None,
             find_unused_parameters=self.find_unused_parameters(cfg),
         )
-        trainer_class = AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer
-        self._trainer = trainer_class(model, data_loader, optimizer)
+        self._trainer = build_step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = FiberCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         if self.ema is not None:
