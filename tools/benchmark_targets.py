@@ -11,9 +11,9 @@ every measurement in its own child process of one run.
   trunk's text-independent prefix once (the unfused blocks, the first fused block's window
   attention and its text layer's keys / values of the image), the rest of the fused blocks + head
   per chunk, MODEL.GROUNDING.PROMPTS_PER_PASS chunks at a time) against one COCO-80 prompt,
-  measured as one detector call, with its parts (best of 3 each), and the fast mode (fusion off,
-  cached text) on both. The same ratio in GFLOP is what the time ratio would be if every part ran
-  at the same rate.
+  measured as one detector call (LVIS best of 2, the rest best of 3), with its parts, and the fast
+  mode (fusion off, cached text) on both. The same ratio in GFLOP is what the time ratio would be
+  if every part ran at the same rate.
 - gpu (with a CUDA device): images/s of the detector with one COCO-80 prompt (benchmark_gpu.py).
 """
 
@@ -92,7 +92,7 @@ def measure_vocabulary_case(model_name: str, size: str) -> dict:
         prefix_s = seconds(lambda: model.backbone.encode_image_prefix(images))
         one_chunk_s = seconds(lambda: model([{**request, "prompts": lvis[:1]}]))
         coco_s = seconds(lambda: model([{**request, "prompts": coco}]))
-        lvis_s = seconds(lambda: model([{**request, "prompts": lvis}]), calls=1)  # ~1 minute
+        lvis_s = seconds(lambda: model([{**request, "prompts": lvis}]), calls=2)  # ~2 minutes each
         work = {
             "prefix": count_gflop(lambda: model.backbone.encode_image_prefix(images)),
             "prefix_and_chunk": count_gflop(lambda: model([{**request, "prompts": lvis[:1]}])),

@@ -1,11 +1,12 @@
 """Swin window geometry: padding / shift per window policy, the shifted-window mask, window
 partition and merge, and the inference-time window attention.
 
-At inference (no autograd, no export tracing) a Swin block attends in chunks of windows and,
-for shifted blocks, without rolling the map (`attend_shifted`); on a grid that needs padding it
-computes query / key / value and the output projection of the real tokens only
-(`attend_unpadded`). The training path keeps the original's pad / roll / mask / roll back. All
-give the same values (tests/modeling/backbone).
+At CPU inference (no autograd, no export tracing) a Swin block attends in chunks of windows
+and, for shifted blocks, without rolling the map (`attend_shifted`); on a grid that needs padding
+it computes query / key / value and the output projection of the real tokens only
+(`attend_unpadded`). The training path, and inference on a GPU (where these paths' many small
+kernels cost more than they save), keeps the original's pad / roll / mask / roll back. All give
+the same values (tests/modeling/backbone).
 """
 
 from functools import lru_cache
