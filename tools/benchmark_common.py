@@ -2,6 +2,7 @@
 fresh child process every measurement runs in."""
 
 import json
+import math
 import os
 import resource
 import subprocess
@@ -42,10 +43,7 @@ def cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=Non
 def onednn_linear_flop(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
     """FLOPs of oneDNN's linear (the trunk's CPU inference linears), which torch.utils.flop_counter
     does not count: input (..., K) x weight (N, K)."""
-    rows = 1
-    for size in input_shape[:-1]:
-        rows *= size
-    return 2 * rows * weight_shape[0] * weight_shape[1]
+    return 2 * math.prod(input_shape[:-1]) * weight_shape[0] * weight_shape[1]
 
 
 def count_gflop(function: Callable) -> float:

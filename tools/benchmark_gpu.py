@@ -14,6 +14,8 @@ from benchmark_common import run_child, subcommand, time_calls
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 COMPILE_SCOPES = ("none", "head", "all")
+BATCHES = (1, 4)  # images per call of the default run
+RUN_SCOPES = ("none", "all")  # compile scopes of the default run
 
 
 def compile_detector(model, scope: str) -> None:
@@ -84,8 +86,8 @@ def measure_gpu_case(model_name: str, size: str, precision: str, scope: str, bat
         (["--model"], {"default": "fiber-b"}),
         (["--size"], {"default": "800x1333"}),
         (["--precisions"], {"nargs": "+", "choices": PRECISIONS, "default": list(PRECISIONS)}),
-        (["--batches"], {"nargs": "+", "type": int, "default": [1, 4]}),
-        (["--compile"], {"nargs": "+", "choices": COMPILE_SCOPES, "default": ["none", "all"]}),
+        (["--batches"], {"nargs": "+", "type": int, "default": list(BATCHES)}),
+        (["--compile"], {"nargs": "+", "choices": COMPILE_SCOPES, "default": list(RUN_SCOPES)}),
         (
             ["--case"],
             {"nargs": 3, "metavar": ("PRECISION", "COMPILE", "BATCH"), "help": "internal"},

@@ -34,7 +34,7 @@ from benchmark_common import (
     subcommand,
     time_calls,
 )
-from benchmark_gpu import PRECISIONS, gpu_rows
+from benchmark_gpu import BATCHES, PRECISIONS, RUN_SCOPES, gpu_rows
 
 OFFICIAL_SCRIPT = os.path.join(
     os.path.dirname(os.path.abspath(__file__)),
@@ -217,4 +217,4 @@ def benchmark_targets(args) -> None:
     if "trunk" in args.parts:
         trunk_rows(args)
     if "gpu" in args.parts:
-        gpu_rows(args.model, "800x1333", PRECISIONS, [1, 4], ["none", "all"])
+        gpu_rows(args.model, "800x1333", PRECISIONS, BATCHES, RUN_SCOPES)
