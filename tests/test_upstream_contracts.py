@@ -112,6 +112,35 @@ def test_detectron2_helpers_fiber_det_imports_from_submodules():
         assert "warmup_length" in inspect.signature(WarmupParamScheduler).parameters
 
 
+def test_detectron2_fpn_modules_in_top_down_order():
+    """fpn_prefix.py continues detectron2's FPN with its own modules: `in_features` fine to
+    coarse, `lateral_convs` / `output_convs` coarsest first (3x3 output convs, padding 1),
+    `top_block` reading `in_feature`, and forward's nearest 2x upsampling and sum."""
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import FPN
+    from detectron2.modeling.backbone.fpn import LastLevelP6P7
+
+    from fiber_det.modeling.backbone.fpn import TrunkFeatures
+    from fiber_det.modeling.backbone.fpn_prefix import FpnPrefix, fpn_from_prefix
+
+    torch.manual_seed(0)
+    with contract("sal-detectron2", "FPN (module lists, their order, forward)"):
+        bottom_up = TrunkFeatures({"res3": 3, "res4": 5}, {"res3": 8, "res4": 16})
+        fpn = FPN(bottom_up, ["res3", "res4"], 4, "", LastLevelP6P7(4, 4, "p4"), "sum").eval()
+        assert fpn.in_features == ("res3", "res4")
+        assert [c.in_channels for c in fpn.lateral_convs] == [5, 3]
+        assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) for c in fpn.output_convs)
+        assert fpn.top_block.in_feature == "p4"
+        assert isinstance(fpn.output_shape()["p3"], ShapeSpec)
+        features = {"res3": torch.randn(2, 3, 8, 8), "res4": torch.randn(2, 5, 4, 4)}
+        with torch.no_grad():
+            expected = fpn(features)
+            got = fpn_from_prefix(fpn, FpnPrefix({}, {}, {}), features, repeats=1)
+        assert list(got) == list(expected) == ["p3", "p4", "p5", "p6"]
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value)
+
+
 @pytest.mark.parametrize("package", ["timm", "sal-detectron2", "transformers"])
 def test_contract_failures_name_the_package_and_version(package):
     with pytest.raises(AssertionError, match=rf"{package} {version(package)}: a thing changed"):

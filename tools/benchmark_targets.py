@@ -8,9 +8,10 @@ every measurement in its own child process of one run.
   through oneDNN (what fiber_det's CPU inference linears run on).
 - head: the FIBER-B head's GFLOP/s as a fraction of the same two matmul rates.
 - vocabulary: per-image cost of LVIS-1203 (40 classes per chunk, exact FIBER semantics: the
-  trunk's text-independent prefix once (the unfused blocks, the first fused block's window
-  attention and its text layer's keys / values of the image), the rest of the fused blocks + head
-  per chunk, MODEL.GROUNDING.PROMPTS_PER_PASS chunks at a time) against one COCO-80 prompt,
+  backbone's text-independent prefix once (the unfused blocks, the first fused block's window
+  attention and i2t queries, its text layer's keys / values of the image, the FPN's res3 level),
+  the rest of the fused blocks, FPN and head per chunk (from a two-chunk call), with
+  MODEL.GROUNDING.PROMPTS_PER_PASS chunks at a time) against one COCO-80 prompt,
   measured as one detector call (LVIS best of 2, the rest best of 3), with its parts, and the fast
   mode (fusion off, cached text) on both. The same ratio in GFLOP is what the time ratio would be
   if every part ran at the same rate.
@@ -89,20 +90,21 @@ def measure_vocabulary_case(model_name: str, size: str) -> dict:
     with torch.no_grad():
         images = model.preprocess_image([request]).tensor
         model([{**request, "prompts": coco}])  # warm-up
-        prefix_s = seconds(lambda: model.backbone.encode_image_prefix(images))
-        one_chunk_s = seconds(lambda: model([{**request, "prompts": lvis[:1]}]))
+        # the prefix as the LVIS call computes it; a two-chunk call holds it and two chunks
+        prefix_s = seconds(lambda: model.backbone.encode_image_prefix(images, len(lvis)))
+        two_chunks_s = seconds(lambda: model([{**request, "prompts": lvis[:2]}]))
         coco_s = seconds(lambda: model([{**request, "prompts": coco}]))
         lvis_s = seconds(lambda: model([{**request, "prompts": lvis}]), calls=2)  # ~2 minutes each
         work = {
-            "prefix": count_gflop(lambda: model.backbone.encode_image_prefix(images)),
-            "prefix_and_chunk": count_gflop(lambda: model([{**request, "prompts": lvis[:1]}])),
+            "prefix": count_gflop(lambda: model.backbone.encode_image_prefix(images, len(lvis))),
+            "two_chunks": count_gflop(lambda: model([{**request, "prompts": lvis[:2]}])),
             "coco": count_gflop(lambda: model([{**request, "prompts": coco}])),
         }
         lvis_text, coco_text = model.encode_vocabulary(lvis), model.encode_vocabulary(coco)
         fast_lvis_s = seconds(lambda: model.inference_unfused([request], lvis, lvis_text))
         fast_coco_s = seconds(lambda: model.inference_unfused([request], coco, coco_text))
-    per_chunk_s = one_chunk_s - prefix_s
-    chunk_gflop = work["prefix_and_chunk"] - work["prefix"]
+    per_chunk_s = (two_chunks_s - prefix_s) / 2
+    chunk_gflop = (work["two_chunks"] - work["prefix"]) / 2
     return {
         "model": model_name,
         "size": size,

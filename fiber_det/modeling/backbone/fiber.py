@@ -39,8 +39,9 @@ class ImagePrefix:
     features of the stages already finished, e.g. {"res2": (B, C, H, W), ...}. At inference
     the prefix also holds the first fused pair's text-independent work, done once per image
     however many prompts follow: `attended` (B, H, W, C), that Swin block's window attention,
-    and `text_context`, the t2i keys and values (B, h, N, d) its text layer reads from
-    `tokens`. Both None with autograd (training computes them in the fused pass).
+    `i2t_query` (B, h, H * W, d), the queries its i2t attention makes of `attended`, and
+    `text_context`, the t2i keys and values (B, h, N, d) its text layer reads from `tokens`.
+    All None with autograd (training computes them in the fused pass).
     """
 
     tokens: torch.Tensor
@@ -48,16 +49,19 @@ class ImagePrefix:
     block: int
     features: dict[str, torch.Tensor]
     attended: torch.Tensor | None = None
+    i2t_query: torch.Tensor | None = None
     text_context: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def select(self, rows: torch.Tensor) -> "ImagePrefix":
         """The prefix of images `rows` (N,) (repeats allowed): tokens (N, H, W, C)."""
         features = {k: v[rows] for k, v in self.features.items()}
-        attended = None if self.attended is None else self.attended[rows]
+        attended, query = (None if t is None else t[rows] for t in (self.attended, self.i2t_query))
         context = self.text_context
         if context is not None:
             context = (context[0][rows], context[1][rows])
-        return ImagePrefix(self.tokens[rows], self.stage, self.block, features, attended, context)
+        return ImagePrefix(
+            self.tokens[rows], self.stage, self.block, features, attended, query, context
+        )
 
     def repeat(self, times: int) -> "ImagePrefix":
         """Each image repeated `times` times, image-major (image 0's copies first)."""
@@ -243,6 +247,7 @@ class FiberTrunk(nn.Module):
         prefix = ImagePrefix(tokens, *stop, features)
         if eager_inference() and stop[0] < self.image_backbone.num_stages:
             prefix.attended = self.image_backbone.block_attention(*stop, tokens)
+            prefix.i2t_query = self.image_backbone.block_i2t_query(*stop, prefix.attended)
             first_text_layer = self.text_backbone.layers[self.text_backbone.first_fused]
             prefix.text_context = first_text_layer.image_keys_values(tokens.flatten(1, 2))
         return prefix
@@ -312,15 +317,17 @@ class FiberTrunk(nn.Module):
         features = dict(prefix.features)
         tokens, stage, block = prefix.tokens, prefix.stage, prefix.block
         last_layer = len(self.text_backbone.layers) - 1
-        attended, text_context = prefix.attended, prefix.text_context
+        attended, query, text_context = prefix.attended, prefix.i2t_query, prefix.text_context
         for layer in range(self.text_backbone.first_fused, last_layer + 1):
             image_in = tokens.flatten(1, 2)
-            tokens = self.image_backbone.run_block(stage, block, tokens, hidden, bias, attended)
+            tokens = self.image_backbone.run_block(
+                stage, block, tokens, hidden, bias, attended, query
+            )
             norm = layer != last_layer or self.fused_text_last_norm
             hidden = self.text_backbone.run_layer(
                 layer, hidden, bias, image_in, output_norm=norm, image_key_value=text_context
             )
-            attended, text_context = None, None  # only the first pair's are text-independent
+            attended, query, text_context = None, None, None  # only the first pair's are fixed
             tokens, features = self._after_block(stage, block, tokens, features, fused=True)
             stage, block = self._next_block(stage, block)
         return features, tokens.flatten(1, 2), hidden

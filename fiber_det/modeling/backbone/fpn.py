@@ -5,7 +5,8 @@ parameter-free Backbone that hands the trunk's already computed res features to 
 from P5 (in_channels = out_channels, the original's `use_P5`), P7 from ReLU(P6)
 (fine_grained_spec.md c). detectron2 initialises the convs with c2_xavier_fill, i.e.
 kaiming_uniform(a=1) and zero bias, the original's init. The original's training-only
-DropBlock is not reproduced.
+DropBlock is not reproduced. Continued from an image prefix, the FPN's text-independent levels
+are computed once per image (fpn_prefix.py), with detectron2's own modules.
 """
 
 from dataclasses import dataclass, field
@@ -16,6 +17,12 @@ from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
 from fiber_det.modeling.backbone.fiber import FiberTrunk, ImagePrefix, TextFeatures, TrunkOutput
+from fiber_det.modeling.backbone.fpn_prefix import (
+    FpnPrefix,
+    encode_fpn_prefix,
+    fpn_from_prefix,
+    output_conv_is_linear,
+)
 
 FPN_IN_FEATURES = ("res3", "res4", "res5")
 
@@ -28,6 +35,15 @@ class FiberBackboneOutput:
     features: dict[str, torch.Tensor]
     text: TextFeatures | None
     res: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class BackbonePrefix:
+    """The text-independent part of the backbone for B images: the trunk's prefix and, when
+    the FPN's output convs are linear, its text-independent levels (see fpn_prefix.py)."""
+
+    trunk: ImagePrefix
+    fpn: FpnPrefix | None
 
 
 class TrunkFeatures(Backbone):
@@ -52,6 +68,7 @@ class FiberFPNBackbone(Backbone):
         bottom_up = TrunkFeatures(trunk.image_channels, trunk.image_strides)
         top_block = LastLevelP6P7(out_channels, out_channels, in_feature="p5")
         self.fpn = FPN(bottom_up, list(FPN_IN_FEATURES), out_channels, norm, top_block, fuse_type)
+        self.fpn_splits_at_prefix = output_conv_is_linear(norm, fuse_type)
 
     @property
     def size_divisibility(self) -> int:
@@ -93,18 +110,34 @@ class FiberFPNBackbone(Backbone):
         """The text tower's weights: all that `encode_text` depends on."""
         return self.trunk.text_tower_state_dict()
 
-    def encode_image_prefix(self, images: torch.Tensor) -> ImagePrefix:
-        """The text-independent prefix of the trunk, to reuse across prompts."""
-        return self.trunk.encode_image_prefix(images)
+    def encode_image_prefix(
+        self, images: torch.Tensor, prompts_per_image: int | None = None
+    ) -> BackbonePrefix:
+        """The text-independent prefix of the trunk and FPN, to reuse across prompts.
+
+        `prompts_per_image`: how many prompts will continue it (None: unknown, several). With
+        one the FPN stays whole: its split does more work than it saves for a single prompt.
+        """
+        trunk_prefix = self.trunk.encode_image_prefix(images)
+        fpn_prefix = None
+        if self.fpn_splits_at_prefix and prompts_per_image != 1:
+            fpn_prefix = encode_fpn_prefix(self.fpn, trunk_prefix.features)
+        return BackbonePrefix(trunk_prefix, fpn_prefix)
 
     def forward_from_prefix(
         self,
-        prefix: ImagePrefix,
+        prefix: BackbonePrefix,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
     ) -> FiberBackboneOutput:
         """Same result as `forward` on the prefix's images (repeated k times for k * B texts)."""
-        return self._with_fpn(self.trunk.forward_fused(prefix, input_ids, attention_mask))
+        output = self.trunk.forward_fused(prefix.trunk, input_ids, attention_mask)
+        if prefix.fpn is None:
+            return self._with_fpn(output)
+        repeats = input_ids.shape[0] // prefix.trunk.tokens.shape[0]
+        features = {name: output.image[name] for name in FPN_IN_FEATURES}
+        levels = fpn_from_prefix(self.fpn, prefix.fpn, features, repeats)
+        return FiberBackboneOutput(levels, output.text, output.image)
 
     def _with_fpn(self, output: TrunkOutput) -> FiberBackboneOutput:
         features = {name: output.image[name] for name in FPN_IN_FEATURES}

@@ -109,28 +109,39 @@ class GatedCrossAttention(nn.Module):
             key, value = self.key(context), self.value(context)
         return self._split_heads(key), self._split_heads(value)
 
+    def queries(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-head queries (B, h, N, d) of `tokens` (B, N, C)."""
+        return self._split_heads(self.query(self.query_norm(tokens)))
+
     def forward(
-        self, tokens: torch.Tensor, context: torch.Tensor, context_bias: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        context: torch.Tensor,
+        context_bias: torch.Tensor | None = None,
+        query: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The gated update (B, N, C) for `tokens` (B, N, C) attending to `context` (B, M, Dc).
 
-        `context_bias` is an additive (B, 1, 1, M) mask over the context (None: attend to all).
+        `context_bias` is an additive (B, 1, 1, M) mask over the context (None: attend to all);
+        `query`, when given, is `queries(tokens)` computed beforehand (e.g. once per image).
         The caller adds the returned update to its residual stream.
         """
         if tokens.shape[0] != context.shape[0]:
             raise ValueError(
                 f"batch mismatch: {tokens.shape[0]} query sequences, {context.shape[0]} contexts"
             )
-        return self.attend(tokens, self.keys_values(context), context_bias)
+        return self.attend(tokens, self.keys_values(context), context_bias, query)
 
     def attend(
         self,
         tokens: torch.Tensor,
         key_value: tuple[torch.Tensor, torch.Tensor],
         context_bias: torch.Tensor | None = None,
+        query: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`forward` on keys / values (B, h, M, d) that `keys_values` computed (e.g. cached)."""
-        query = self._split_heads(self.query(self.query_norm(tokens)))
+        if query is None:
+            query = self.queries(tokens)
         dropout = self.dropout if self.training else 0.0
         attended = multi_head_attention(query, *key_value, context_bias, self.use_sdpa, dropout)
         return self.gate * self.out_dropout(self.out(attended.transpose(1, 2).flatten(2)))

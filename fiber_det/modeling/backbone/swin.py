@@ -128,16 +128,18 @@ class SwinBlock(nn.Module):
         text: torch.Tensor | None = None,
         text_bias: torch.Tensor | None = None,
         attended: torch.Tensor | None = None,
+        i2t_query: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C); `text` (B, L, Dt) with its (B, 1, 1, L) bias fuses.
-        `attended`: this block's `attention_branch(x)` computed beforehand (read, not written)."""
+        `attended`: this block's `attention_branch(x)` computed beforehand (read, not written);
+        `i2t_query`: the i2t queries (B, h, H * W, d) of `attended`, computed beforehand."""
         if attended is None:
             attended = self.attention_branch(x)
         elif text is None or self.i2t is None:
             attended = attended.clone()  # the in-place residual below must not write into it
         if text is not None and self.i2t is not None:
             tokens = attended.flatten(1, 2)
-            update = self.i2t(tokens, text, text_bias)
+            update = self.i2t(tokens, text, text_bias, i2t_query)
             attended = (tokens + update).view_as(attended)
         if self.training or not eager_inference():
             x = x + self.drop_path(attended)
@@ -284,17 +286,23 @@ class FusedSwin(nn.Module):
         text: torch.Tensor | None = None,
         text_bias: torch.Tensor | None = None,
         attended: torch.Tensor | None = None,
+        i2t_query: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run block (stage, block) on (B, H, W, C), with activation checkpointing if enabled;
-        `attended`: its attention branch computed beforehand (see SwinBlock.forward)."""
+        `attended` / `i2t_query`: parts computed beforehand (see SwinBlock.forward)."""
         module = self.layers[stage].blocks[block]
         if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(module, x, text, text_bias, attended, use_reentrant=False)
-        return module(x, text, text_bias, attended)
+            return checkpoint(module, x, text, text_bias, attended, i2t_query, use_reentrant=False)
+        return module(x, text, text_bias, attended, i2t_query)
 
     def block_attention(self, stage: int, block: int, x: torch.Tensor) -> torch.Tensor:
         """The text-independent attention branch of block (stage, block) on (B, H, W, C)."""
         return self.layers[stage].blocks[block].attention_branch(x)
+
+    def block_i2t_query(self, stage: int, block: int, attended: torch.Tensor) -> torch.Tensor:
+        """The i2t queries (B, h, H * W, d) of fused block (stage, block) from its attention
+        branch `attended` (B, H, W, C); text-independent."""
+        return self.layers[stage].blocks[block].i2t.queries(attended.flatten(1, 2))
 
     def downsample(self, stage: int, x: torch.Tensor) -> torch.Tensor:
         """PatchMerging at the end of `stage`: (B, H, W, C) -> (B, H/2, W/2, 2C)."""

@@ -46,8 +46,10 @@ class TextConditionedBackbone(Protocol):
 
     `forward(images (B, 3, H, W), input_ids (k*B, L), attention_mask (k*B, L))` returns an
     object with `features` ({name: (k*B, C, h, w)}) and `text` (`embedded` (k*B, L, D));
-    `encode_image_prefix(images)` / `forward_from_prefix(prefix, input_ids, attention_mask)`
-    split that forward at the first text-dependent block, so k prompts reuse one prefix.
+    `encode_image_prefix(images, prompts_per_image)` / `forward_from_prefix(prefix, input_ids,
+    attention_mask)` split that forward at the first text-dependent block, so k prompts reuse
+    one prefix (`prompts_per_image`, None when unknown, lets it skip work one prompt cannot
+    amortise).
     `encode_image(images)` / `encode_text(input_ids, attention_mask)` run each tower alone
     (fusion off, the fast mode for fixed vocabularies).
     """
@@ -58,7 +60,7 @@ class TextConditionedBackbone(Protocol):
 
     def output_shape(self): ...
 
-    def encode_image_prefix(self, images): ...
+    def encode_image_prefix(self, images, prompts_per_image=None): ...
 
     def forward_from_prefix(self, prefix, input_ids, attention_mask=None): ...
 
@@ -262,8 +264,8 @@ class GroundingDetector(nn.Module):
         default, all when 0) as one batch; per-chunk detections are concatenated, each chunk
         capped at TEST.DETECTIONS_PER_IMAGE like the original's separate chunked runs."""
         images = self.preprocess_image(batched_inputs)
-        prefix = self.backbone.encode_image_prefix(images.tensor)
         per_image = max(len(x["prompts"]) for x in batched_inputs)
+        prefix = self.backbone.encode_image_prefix(images.tensor, per_image)
         step = self.prompts_per_pass or per_image
         detections: list[list[Instances]] = [[] for _ in batched_inputs]
         for first in range(0, per_image, step):

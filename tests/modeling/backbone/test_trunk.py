@@ -179,10 +179,10 @@ def test_prefix_then_fused_equals_full_forward(prompts_per_image):
 
 
 def test_inference_prefix_holds_the_first_pairs_text_independent_work():
-    """Without autograd the prefix also carries the first fused Swin block's window attention
-    and its text layer's t2i keys / values; prompts continued from it give the values of the
-    autograd path (which computes both in the fused pass), pass after pass, and no pass
-    writes into the prefix."""
+    """Without autograd the prefix also carries the first fused Swin block's window attention,
+    its i2t queries and its text layer's t2i keys / values; prompts continued from it give the
+    values of the autograd path (which computes them in the fused pass), pass after pass, and
+    no pass writes into the prefix."""
     trunk = _fused_trunk()
     images = torch.randn(2, 3, 64, 96)
     ids, mask = random_text(6, 10, [10, 9, 8, 7, 6, 5])
@@ -190,22 +190,26 @@ def test_inference_prefix_holds_the_first_pairs_text_independent_work():
         prefix = trunk.encode_image_prefix(images)
     training_prefix = trunk.encode_image_prefix(images)
     assert training_prefix.attended is None and training_prefix.text_context is None
+    assert training_prefix.i2t_query is None
     expected = trunk.forward_fused(training_prefix, ids, mask)
     block = trunk.image_backbone.layers[prefix.stage].blocks[prefix.block]
     first_text_layer = trunk.text_backbone.layers[trunk.text_backbone.first_fused]
     with torch.no_grad():
         torch.testing.assert_close(prefix.attended, block.attention_branch(prefix.tokens))
+        query = block.i2t.query(prefix.attended.flatten(1, 2))
+        torch.testing.assert_close(prefix.i2t_query, query.unflatten(-1, (2, -1)).transpose(1, 2))
         keys, values = first_text_layer.t2i.keys_values(prefix.tokens.flatten(1, 2))
         torch.testing.assert_close(prefix.text_context[0], keys)
         torch.testing.assert_close(prefix.text_context[1], values)
-        kept = [t.clone() for t in (prefix.tokens, prefix.attended, *prefix.text_context)]
+        held = (prefix.tokens, prefix.attended, prefix.i2t_query, *prefix.text_context)
+        kept = [t.clone() for t in held]
         first = trunk.forward_fused(prefix, ids, mask)
         second = trunk.forward_fused(prefix, ids, mask)
     for name in expected.image:
         torch.testing.assert_close(first.image[name], expected.image[name], atol=ATOL, rtol=0)
         assert torch.equal(first.image[name], second.image[name])
     torch.testing.assert_close(first.text.hidden, expected.text.hidden, atol=ATOL, rtol=0)
-    for before, now in zip(kept, (prefix.tokens, prefix.attended, *prefix.text_context)):
+    for before, now in zip(kept, held):
         assert torch.equal(before, now)
 
 
