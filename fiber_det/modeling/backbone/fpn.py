@@ -132,16 +132,20 @@ class FiberFPNBackbone(Backbone):
     ) -> FiberBackboneOutput:
         """Same result as `forward` on the prefix's images (repeated k times for k * B texts)."""
         output = self.trunk.forward_fused(prefix.trunk, input_ids, attention_mask)
-        if prefix.fpn is None:
-            return self._with_fpn(output)
         repeats = input_ids.shape[0] // prefix.trunk.tokens.shape[0]
-        features = {name: output.image[name] for name in FPN_IN_FEATURES}
-        levels = fpn_from_prefix(self.fpn, prefix.fpn, features, repeats)
-        return FiberBackboneOutput(levels, output.text, output.image)
+        return self._with_fpn(output, prefix.fpn, repeats)
 
-    def _with_fpn(self, output: TrunkOutput) -> FiberBackboneOutput:
+    def _with_fpn(
+        self, output: TrunkOutput, fpn_prefix: FpnPrefix | None = None, repeats: int = 1
+    ) -> FiberBackboneOutput:
+        """The trunk's output with the FPN levels on top; with `fpn_prefix`, the FPN continues
+        it for `repeats` prompts per image (fpn_prefix.py)."""
         features = {name: output.image[name] for name in FPN_IN_FEATURES}
-        return FiberBackboneOutput(self.fpn(features), output.text, output.image)
+        if fpn_prefix is None:
+            levels = self.fpn(features)
+        else:
+            levels = fpn_from_prefix(self.fpn, fpn_prefix, features, repeats)
+        return FiberBackboneOutput(levels, output.text, output.image)
 
 
 @BACKBONE_REGISTRY.register()
