@@ -23,10 +23,12 @@ from fiber_det import solver
 from fiber_det.checkpoint import FiberCheckpointer
 from fiber_det.config import add_fiber_config
 from fiber_det.ema import CHECKPOINT_KEY, EMAHook, WeightsEMA, load_ema_weights
+from fiber_det.runtime import keep_freed_memory
 
 
 def setup_cfg(args) -> CfgNode:
-    """Config from `args.config_file` + `args.opts`; falls back to the CPU without CUDA."""
+    """Config from `args.config_file` + `args.opts`; falls back to the CPU without CUDA. Also
+    keeps freed memory in the heap for reuse (`fiber_det.runtime.keep_freed_memory`)."""
     cfg = get_cfg()
     add_fiber_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -36,6 +38,7 @@ def setup_cfg(args) -> CfgNode:
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fiber_det")
+    keep_freed_memory()
     return cfg
 
 

@@ -5,7 +5,9 @@
 Each subcommand is one function registered with `@subcommand(name, help, arguments)`; adding
 one (e.g. `coarse`) means adding one decorated function. Every measurement runs in a fresh
 child process so that peak memory (CPU: the child's peak RSS, ru_maxrss, weights included;
-GPU: torch's max_memory_allocated) belongs to that case alone. `targets` runs the cases of
+GPU: torch's max_memory_allocated) belongs to that case alone. Every process keeps freed memory
+for reuse as fiber_det's tools do (fiber_det/runtime.py; FIBER_DET_KEEP_FREED_MEMORY=0 measures
+glibc's default). `targets` runs the cases of
 issue 17's targets and prints each figure with its ratio.
 """
 
@@ -19,8 +21,11 @@ import benchmark_head  # noqa: F401  (registers deform-conv, head)
 import benchmark_targets  # noqa: F401  (registers targets)
 from benchmark_common import SUBCOMMANDS
 
+from fiber_det.runtime import keep_freed_memory
+
 
 def main() -> None:
+    keep_freed_memory()  # as fiber_det's tools run (FIBER_DET_KEEP_FREED_MEMORY=0: glibc's default)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (function, help_text, arguments) in SUBCOMMANDS.items():

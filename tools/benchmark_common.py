@@ -32,6 +32,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def page_faults(function: Callable) -> int:
+    """Minor page faults of one call of `function` in this process (pages the kernel had to map
+    in: zero after warm-up when freed tensors are reused, see fiber_det/runtime.py)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    function()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
 def cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
     """FLOPs of the CPU flash-attention kernel, which torch.utils.flop_counter does not count:
     its count for the other SDPA kernels (the original's explicit matmuls are counted)."""

@@ -8,6 +8,7 @@ import torch
 from benchmark_common import (
     count_gflop,
     matmul_rates,
+    page_faults,
     peak_rss_mib,
     run_child,
     subcommand,
@@ -70,6 +71,7 @@ def measure_trunk_case(args) -> dict:
             0,
             device,
         )
+        faults = page_faults(lambda: backbone(images, input_ids, attention_mask))
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mib()
     rate = {}
     if args.flops and device == "cpu":
@@ -87,6 +89,7 @@ def measure_trunk_case(args) -> dict:
         "prefix_ms": round(min(prefix_ms), 1),
         "fused_part_ms": round(min(fused_ms), 1),
         "peak_mem_mib": round(peak, 1),
+        "page_faults_per_call": faults,
         **rate,
     }
 

@@ -43,6 +43,7 @@ from fiber_det.data.datasets.user import (
 )
 from fiber_det.data.prompts import SEPARATOR
 from fiber_det.predictor import GroundingPredictor, GroundingResult
+from fiber_det.runtime import keep_freed_memory
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -241,6 +242,7 @@ def predict_one(
 
 
 def main(argv: list[str] | None = None) -> dict:
+    keep_freed_memory()
     args = parse_args(argv)
     try:
         document = run(args)

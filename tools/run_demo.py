@@ -39,6 +39,7 @@ from fiber_det.conversion import convert_and_check
 from fiber_det.data.tokenizer import train_byte_level_bpe
 from fiber_det.quickstart import SyntheticConfig, generate_synthetic_dataset
 from fiber_det.quickstart.register import DEFAULT_PREFIX, register_synthetic_world
+from fiber_det.runtime import keep_freed_memory
 
 TOOLS = Path(__file__).resolve().parent
 REPO = TOOLS.parent
@@ -413,6 +414,7 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logger()
     setup_logger(name="fvcore")
     logging.getLogger("detectron2.engine.defaults").setLevel(logging.WARNING)
+    keep_freed_memory()
     return run(parse_args(argv))
 
 

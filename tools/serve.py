@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fiber_det.predictor import GroundingPredictor
+from fiber_det.runtime import keep_freed_memory
 
 TOOLS = Path(__file__).resolve().parent
 logger = logging.getLogger("fiber_det.serve")
@@ -172,6 +173,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
+    keep_freed_memory()
     args = parse_args(argv)
     try:
         predictor = GroundingPredictor.from_pretrained(
