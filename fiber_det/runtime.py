@@ -17,8 +17,8 @@ import logging
 import os
 import platform
 
-# Allocations up to this size come from the heap (glibc: at most HEAP_MAX / 2 is accepted, 1 GiB
-# is below it on 64-bit); the heap's free top is never trimmed below this.
+# Allocations up to MMAP_THRESHOLD_BYTES come from the heap; its free top is handed back to the
+# kernel only past TRIM_THRESHOLD_BYTES (mallopt takes an int).
 MMAP_THRESHOLD_BYTES = 1 << 30
 TRIM_THRESHOLD_BYTES = 2**31 - 1
 # glibc's <malloc.h> parameter numbers
@@ -49,6 +49,8 @@ def keep_freed_memory() -> bool:
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
         return False
+    # the mmap threshold first: the trim threshold alone would also switch off glibc's dynamic
+    # mmap threshold and map more, not less (191k page faults per 384x384 trunk call, not 11k)
     applied = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
     )

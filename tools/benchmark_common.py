@@ -34,7 +34,7 @@ def peak_rss_mib() -> float:
 
 def page_faults(function: Callable) -> int:
     """Minor page faults of one call of `function` in this process (pages the kernel had to map
-    in: zero after warm-up when freed tensors are reused, see fiber_det/runtime.py)."""
+    in: few after warm-up when freed tensors are reused, see fiber_det/runtime.py)."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     function()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
