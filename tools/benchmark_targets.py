@@ -19,6 +19,9 @@ every measurement in its own child process of one run.
   its chunks of 8 to 102 tokens as they are) is what the time ratio would be if every part ran
   at the same rate.
 - gpu (with a CUDA device): images/s of the detector with one COCO-80 prompt (benchmark_gpu.py).
+
+It ends with a Markdown table of every target: its figure in this run, the goal, met or MISSED
+(benchmark_summary.py).
 """
 
 import argparse
@@ -39,6 +42,7 @@ from benchmark_common import (
     time_calls,
 )
 from benchmark_gpu import BATCHES, PRECISIONS, RUN_SCOPES, gpu_rows
+from benchmark_summary import summary_table
 
 from fiber_det.runtime import glibc_malloc_environment
 
@@ -173,12 +177,13 @@ def fastest(results: list[dict], key: str) -> dict:
     return min(timed, key=lambda result: result[key]) if timed else results[0]
 
 
-def trunk_rows(args) -> None:
+def trunk_rows(args) -> list[dict]:
     """Print the trunk figures: fiber_det at 40 / 200 / 256 tokens, the original when given.
     The original and fiber_det alternate for `--rounds` rounds and each row keeps each side's
     fastest round: the machine's speed drifts over minutes, so minima taken in the same stretch
     of time are what compare."""
     text_lengths = (40, 200, 256)
+    rows = []
     for size in args.sizes:
         officials, officials_kept, ours = [], [], {text_len: [] for text_len in text_lengths}
         for _ in range(args.rounds):
@@ -208,6 +213,8 @@ def trunk_rows(args) -> None:
                     official_kept["forward_s"] * 1000, mine["forward_ms"]
                 )
             print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
 
 
 @subcommand(
@@ -223,20 +230,24 @@ def trunk_rows(args) -> None:
     ],
 )
 def benchmark_targets(args) -> None:
-    """Print one JSON line per figure."""
+    """Print one JSON line per figure, then a table of the targets met and missed."""
     if args.case:
         print(json.dumps(measure_vocabulary_case(*args.case)))
         return
+    rows = []
     if "head" in args.parts:
-        head = run_child(["head", "--text-len", "200"])
-        print(json.dumps({"target": "head >= 0.60 of matmul", **head}), flush=True)
+        head = {"target": "head >= 0.60 of matmul", **run_child(["head", "--text-len", "200"])}
+        print(json.dumps(head), flush=True)
+        rows.append(head)
     if "vocabulary" in args.parts:
         case = run_child(["targets", "--case", args.model, "800x1333"])
         if "coco_s" in case:
             case["lvis_vs_coco (target <= 15)"] = ratio(case["lvis_s"], case["coco_s"])
             case["fast_lvis_vs_coco (target <= 2)"] = ratio(case["fast_lvis_s"], case["coco_s"])
         print(json.dumps({"target": "vocabulary", **case}), flush=True)
+        rows.append({"target": "vocabulary", **case})
     if "trunk" in args.parts:
-        trunk_rows(args)
+        rows += trunk_rows(args)
     if "gpu" in args.parts:
         gpu_rows(args.model, "800x1333", PRECISIONS, BATCHES, RUN_SCOPES)
+    print("\n".join(summary_table(rows)), flush=True)
