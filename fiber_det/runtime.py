@@ -24,8 +24,10 @@ TRIM_THRESHOLD_BYTES = 2**31 - 1
 # glibc's <malloc.h> parameter numbers
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-# "0" leaves glibc's defaults (memory handed back to the kernel between calls)
+# "0" (or "false", "no", "off") leaves glibc's defaults (memory handed back between calls)
 OPT_OUT_VARIABLE = "FIBER_DET_KEEP_FREED_MEMORY"
+_SWITCH_VALUES = {"1": True, "true": True, "yes": True, "on": True}
+_SWITCH_VALUES |= {"0": False, "false": False, "no": False, "off": False}
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +41,24 @@ def glibc_malloc_environment() -> dict[str, str]:
     }
 
 
+def keep_freed_memory_requested() -> bool:
+    """FIBER_DET_KEEP_FREED_MEMORY as a switch: unset or empty means on; 1 / true / yes / on
+    or 0 / false / no / off (any case); any other value is an error that names it."""
+    value = os.environ.get(OPT_OUT_VARIABLE, "").strip().lower()
+    if not value:
+        return True
+    if value not in _SWITCH_VALUES:
+        raise ValueError(
+            f"{OPT_OUT_VARIABLE}={os.environ[OPT_OUT_VARIABLE]!r}: expected 1 / true / yes / on "
+            "(keep freed memory, the default) or 0 / false / no / off (glibc's defaults)"
+        )
+    return _SWITCH_VALUES[value]
+
+
 def keep_freed_memory() -> bool:
     """Keep freed memory in this process's heap for reuse (glibc only); True when applied.
-    Set FIBER_DET_KEEP_FREED_MEMORY=0 to keep glibc's defaults."""
-    if os.environ.get(OPT_OUT_VARIABLE, "1") == "0":
+    Set FIBER_DET_KEEP_FREED_MEMORY=0 (or false / no / off) to keep glibc's defaults."""
+    if not keep_freed_memory_requested():
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -55,10 +55,27 @@ def test_environment_variables_give_a_child_the_same_settings():
     assert mapped_bytes("default", runtime.glibc_malloc_environment()) == 0
 
 
-def test_opt_out_variable_leaves_glibc_defaults(monkeypatch):
-    monkeypatch.setenv(runtime.OPT_OUT_VARIABLE, "0")
+@pytest.mark.parametrize("value", ["0", "false", "No", " OFF "])
+def test_opt_out_variable_leaves_glibc_defaults(monkeypatch, value):
+    monkeypatch.setenv(runtime.OPT_OUT_VARIABLE, value)
     monkeypatch.setattr(runtime.ctypes, "CDLL", pytest.fail)
     assert runtime.keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("value", [None, "", "1", "True", "on"])
+def test_unset_empty_or_true_variable_keeps_memory(monkeypatch, value):
+    if value is None:
+        monkeypatch.delenv(runtime.OPT_OUT_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(runtime.OPT_OUT_VARIABLE, value)
+    assert runtime.keep_freed_memory_requested() is True
+
+
+def test_unknown_variable_value_is_an_error_naming_it(monkeypatch):
+    monkeypatch.setenv(runtime.OPT_OUT_VARIABLE, "maybe")
+    monkeypatch.setattr(runtime.ctypes, "CDLL", pytest.fail)
+    with pytest.raises(ValueError, match="FIBER_DET_KEEP_FREED_MEMORY='maybe'"):
+        runtime.keep_freed_memory()
 
 
 def test_other_c_libraries_are_left_alone(monkeypatch):
