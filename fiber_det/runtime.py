@@ -26,8 +26,10 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 # "0" (or "false", "no", "off") leaves glibc's defaults (memory handed back between calls)
 OPT_OUT_VARIABLE = "FIBER_DET_KEEP_FREED_MEMORY"
-_SWITCH_VALUES = {"1": True, "true": True, "yes": True, "on": True}
-_SWITCH_VALUES |= {"0": False, "false": False, "no": False, "off": False}
+_SWITCH_VALUES = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
 
 logger = logging.getLogger(__name__)
 
